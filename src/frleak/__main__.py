@@ -1,0 +1,5 @@
+import sys
+
+from frleak.cli import main
+
+sys.exit(main())

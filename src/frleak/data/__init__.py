@@ -1,0 +1,1 @@
+"""Face data: identity-folder datasets, preprocessing without torchvision, membership splits, verification pairs."""
