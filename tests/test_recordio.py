@@ -118,6 +118,16 @@ def test_hand_built_multipart_record_reads_back(tmp_path: Path) -> None:
         assert r.read(1)[1] == expected
     # the writer produces these very frames for the same record
     assert encode_record(header + expected).endswith(frame(1, header + payload_a) + frame(2, b"") + frame(3, payload_b))
+    # an offset into the middle of a record (a continuation frame) is refused, naming the file and the key
+    middle = second_offset + len(frame(1, header + payload_a))
+    idx.write_text(f"0\t0\n1\t{middle}\n")
+    with RecordIOReader(rec, idx) as r, pytest.raises(DataError, match="continuation flag 2") as err:
+        r.read(1)
+    assert str(rec) in str(err.value) and "key 1" in str(err.value)
+    # a first part followed by a whole record (the continuation went missing) is corrupt too
+    rec.write_bytes(frame(1, header) + frame(0, b"next"))
+    with RecordIOReader(rec) as r, pytest.raises(DataError, match="continuation flag 0"):
+        list(r.records())
 
 
 def test_writer_reader_round_trip_with_magic_inside_payload(tmp_path: Path) -> None:
