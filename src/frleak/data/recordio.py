@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import math
 import mmap
 import numbers
@@ -49,8 +48,6 @@ from PIL import Image, UnidentifiedImageError
 from frleak.data.images import InputSpec, to_network_array
 from frleak.errors import DataError
 from frleak.io import atomic_write_text
-
-log = logging.getLogger(__name__)
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
