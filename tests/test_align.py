@@ -261,6 +261,20 @@ def test_bad_inputs_are_logged_and_the_run_completes_then_resumes(shared: Path, 
     assert (third.aligned, third.skipped_existing) == (1, n_good - 1)
 
 
+@pytest.mark.shared
+def test_exif_rotated_photo_is_aligned_upright(shared: Path, detector: MTCNN, tmp_path: Path) -> None:
+    photo = Image.open(next((shared / "data" / "lfw-raw-sample").glob("*/*.jpg"))).convert("RGB")
+    (tmp_path / "src" / "id").mkdir(parents=True)
+    photo.save(tmp_path / "src" / "id" / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    photo.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "src" / "id" / "sideways.png", exif=exif)
+    report = align_folder(tmp_path / "src", tmp_path / "out", detector=detector, progress=False, fmt="png")
+    assert report.aligned == 2
+    a, b = (np.asarray(Image.open(tmp_path / "out" / "id" / f"{n}.png"), float) for n in ("upright", "sideways"))
+    assert np.abs(a - b).mean() < 1.0
+
+
 def test_align_rejects_a_missing_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["align", str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
     assert "nope" in capsys.readouterr().err

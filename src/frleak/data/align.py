@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from frleak.data.images import is_image_file, read_image
+from frleak.data.images import is_image_file
 from frleak.data.mtcnn import MTCNN, Face
 from frleak.errors import ConfigError, DataError
 from frleak.io import atomic_write_bytes, atomic_write_json
@@ -151,6 +151,19 @@ def list_sources(src: Path, skip: Path | None = None) -> tuple[list[Path], list[
     return files, empty
 
 
+def read_photo(path: Path) -> Image.Image:
+    """Open a photo as RGB, upright: camera photos often store the sensor image plus an EXIF rotation, and MTCNN
+    finds no face in a sideways one. Unreadable or truncated files raise DataError naming the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return ImageOps.exif_transpose(img).convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
 def _encode(img: Image.Image, fmt: str) -> bytes:
     buf = io.BytesIO()
     if fmt == "jpg":
@@ -231,7 +244,7 @@ def align_folder(src: str | Path, dst: str | Path, *, detector: MTCNN | None = N
                 images, kept = [], []
                 for rel, out in chunk:
                     try:
-                        images.append(read_image(src_p / rel))
+                        images.append(read_photo(src_p / rel))
                         kept.append((rel, out))
                     except DataError as exc:
                         note(rel, "unreadable", str(exc))

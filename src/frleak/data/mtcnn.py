@@ -45,6 +45,8 @@ from frleak.paths import shared_dir
 # Normalisation the converted Caffe weights expect: (x - 127.5) / 128.
 _MEAN = 127.5
 _SCALE = 0.0078125
+# Pixels per P-Net pass (images of one size are stacked up to this): bounds memory for batches of large photos.
+_PNET_PIXELS = 1 << 24
 
 
 class PNet(nn.Module):
@@ -212,13 +214,14 @@ def square(boxes: torch.Tensor) -> torch.Tensor:
 
 def crop_resize(images: Sequence[torch.Tensor], image_idx: torch.Tensor, boxes: torch.Tensor,
                 size: int) -> torch.Tensor:
-    """Crop integer boxes (inclusive ends) out of float images (3, H, W), zero-padding whatever lies outside the
-    image as the original MTCNN does, and area-resize each crop to (size, size). Returns (K, 3, size, size)."""
+    """Crop integer boxes (inclusive ends) out of images (3, H, W) (uint8 or float), zero-padding whatever lies
+    outside the image as the original MTCNN does, and area-resize each crop to (size, size).
+    Returns float32 (K, 3, size, size) in [0, 255]."""
     out = torch.empty((len(boxes), 3, size, size), dtype=torch.float32, device=boxes.device)
     for k, (b, (x1, y1, x2, y2)) in enumerate(zip(image_idx.tolist(), boxes.long().tolist())):
         img = images[b]
         h, w = img.shape[1:]
-        patch = img.new_zeros((3, y2 - y1 + 1, x2 - x1 + 1))
+        patch = torch.zeros((3, y2 - y1 + 1, x2 - x1 + 1), dtype=torch.float32, device=img.device)
         sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, w - 1), min(y2, h - 1)
         if sx2 >= sx1 and sy2 >= sy1:
             patch[:, sy1 - y1: sy2 - y1 + 1, sx1 - x1: sx2 - x1 + 1] = img[:, sy1: sy2 + 1, sx1: sx2 + 1]
@@ -317,7 +320,7 @@ class MTCNN:
         """Faces in each image (any size, any mode; converted to RGB), sorted by decreasing score."""
         tensors = [
             torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-            .to(self.device, torch.float32)
+            .to(self.device)  # uint8: a batch of large photos stays small; floats are made per pass
             for im in images
         ]
         if not tensors:
@@ -339,8 +342,10 @@ class MTCNN:
         for i, t in enumerate(images):
             by_size.setdefault((int(t.shape[1]), int(t.shape[2])), []).append(i)
         all_boxes, all_scores, all_reg, all_img = [], [], [], []
-        for (h, w), members in by_size.items():
-            batch = torch.stack([images[i] for i in members])
+        groups = [(h, w, part) for (h, w), members in by_size.items()
+                  for part in _split(members, max(1, _PNET_PIXELS // (h * w)))]
+        for h, w, members in groups:
+            batch = torch.stack([images[i] for i in members]).float()
             members_t = torch.tensor(members, device=self.device)
             for scale in self.scales(h, w):
                 hs, ws = math.ceil(h * scale), math.ceil(w * scale)
@@ -396,6 +401,10 @@ class MTCNN:
         boxes = calibrate(boxes, reg)
         keep = batched_nms(boxes, prob, img, 0.7, mode="min")
         return boxes[keep], prob[keep], marks[keep], img[keep]
+
+
+def _split(items: list[int], n: int) -> list[list[int]]:
+    return [items[i: i + n] for i in range(0, len(items), n)]
 
 
 def _batched(net: nn.Module, x: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, ...]:
