@@ -76,7 +76,7 @@ def to_network_array(img: Image.Image, spec: InputSpec) -> np.ndarray:
     h, w = spec.size
     if img.size != (w, h):
         img = img.resize((w, h), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
 
 
 def load_uint8(paths: Sequence[str | Path], spec: InputSpec, progress: bool = False) -> torch.Tensor:

@@ -1,0 +1,254 @@
+"""BatchNorm-statistics features: the membership signal of arXiv 2401.13719, stage 1.
+
+For an image x let v_i (c_i x h_i x w_i) be the input of the i-th BatchNorm layer, mean(v_i) its per-channel spatial
+mean (c_i,) and u_i, s_i^2 the layer's running mean and variance. The paper's feature is
+
+    d_i = ||mean(v_i) - u_i||^2 / c_i                                          ("paper", b_i = c_i)
+
+and frleak adds, as options:
+
+    n_i = ||(mean(v_i) - u_i) / sqrt(s_i^2 + eps)||^2 / c_i                     ("normalized": scale-free per channel)
+    q_i = ||log(var(v_i) + eps) - log(s_i^2 + eps)||^2 / c_i                    ("variance": DeepInversion-like,
+                                                                                 per-sample spatial variance vs
+                                                                                 the running variance, in log space)
+    z_i = (mean(v_i) - u_i) / sqrt(s_i^2 + eps)  (c_i,) per channel            ("channels")
+
+BatchNorm1d inputs (N, C) have no spatial extent: mean(v_i) = v_i, and the variance term is 0 for them.
+
+Extraction runs one forward pass per batch with forward-pre-hooks on every BatchNorm layer (module order). It never
+changes the model: the mode of every module is restored, BN buffers are untouched (eval mode reads, never updates
+them) and the hooks are removed, also when an exception interrupts it. With ``torch.enable_grad()`` the features are
+differentiable with respect to the input (stage 2 optimises through them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from frleak.data.images import hflip, normalize
+from frleak.errors import ConfigError, FrleakError
+
+KINDS = ("paper", "normalized", "variance", "channels")
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+# ---- pure functions --------------------------------------------------------------------------------------------
+def spatial_stats(v: torch.Tensor, with_var: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-sample, per-channel mean (N, C) (and biased variance) of a BN input (N, C, *spatial) or (N, C)."""
+    if v.ndim == 2:
+        return v, (torch.zeros_like(v) if with_var else None)
+    flat = v.flatten(2)
+    if with_var:
+        var, mean = torch.var_mean(flat, dim=2, unbiased=False)
+        return mean, var
+    return flat.mean(dim=2), None
+
+
+def paper_distance(mean: torch.Tensor, running_mean: torch.Tensor) -> torch.Tensor:
+    """d = ||mean - u||^2 / c, per sample: (N, C), (C,) -> (N,)."""
+    return (mean - running_mean).pow(2).mean(dim=1)
+
+
+def normalized_distance(mean: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
+                        eps: float = 1e-5) -> torch.Tensor:
+    """n = ||(mean - u) / sqrt(s^2 + eps)||^2 / c: (N, C) -> (N,)."""
+    return ((mean - running_mean) * torch.rsqrt(running_var + eps)).pow(2).mean(dim=1)
+
+
+def variance_distance(var: torch.Tensor, running_var: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """q = ||log(var + eps) - log(s^2 + eps)||^2 / c: (N, C) -> (N,)."""
+    return (torch.log(var + eps) - torch.log(running_var + eps)).pow(2).mean(dim=1)
+
+
+def channel_deviation(mean: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
+                      eps: float = 1e-5) -> torch.Tensor:
+    """z = (mean - u) / sqrt(s^2 + eps): (N, C) -> (N, C)."""
+    return (mean - running_mean) * torch.rsqrt(running_var + eps)
+
+
+# ---- hooks -----------------------------------------------------------------------------------------------------
+def bn_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._NormBase]]:
+    """BatchNorm layers with running statistics, in module order. Raises FrleakError when there are none."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, _BN)
+              and m.track_running_stats and m.running_mean is not None]
+    if not layers:
+        raise FrleakError(
+            f"{type(model).__name__} has no BatchNorm layer with running statistics: the BN-statistics attack "
+            "surface is absent (GroupNorm/LayerNorm models, or BN without track_running_stats). Use an "
+            "embedding-only attack (e.g. 'embedding_nn') instead."
+        )
+    return layers
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every module in eval mode and restore each module's own mode afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+@contextmanager
+def capture_bn_inputs(model: nn.Module, layers: Sequence[str] | None = None, with_var: bool = False
+                      ) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor | None]]]:
+    """Forward-pre-hooks storing each BN layer's per-sample channel mean (and variance) during a forward pass.
+    The dict is filled in module order by every forward pass inside the block; hooks are removed on exit."""
+    all_layers = bn_layers(model)
+    wanted = dict(all_layers) if layers is None else _select(all_layers, layers)
+    store: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    handles = []
+
+    def make_hook(name: str):  # noqa: ANN202
+        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            store[name] = spatial_stats(inputs[0].float(), with_var)
+
+        return hook
+
+    try:
+        for name, module in wanted.items():
+            handles.append(module.register_forward_pre_hook(make_hook(name)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _select(all_layers: list[tuple[str, nn.Module]], layers: Sequence[str]) -> dict[str, nn.Module]:
+    by_name = dict(all_layers)
+    missing = [n for n in layers if n not in by_name]
+    if missing:
+        raise ConfigError(f"unknown BatchNorm layer(s) {', '.join(missing)}; the model has: "
+                          f"{', '.join(list(by_name)[:8])}, ...")
+    return {n: by_name[n] for n in layers}
+
+
+def bn_features(model: nn.Module, x: torch.Tensor, kinds: Sequence[str] = ("paper",),
+                layers: Sequence[str] | None = None, eps: float = 1e-5
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One forward pass of normalised input x (N, 3, H, W) -> ({kind: (N, L) or (N, sum c_i)}, embeddings (N, D)).
+
+    Differentiable when called under grad mode. The model runs in eval mode; its modes are restored.
+    """
+    for k in kinds:
+        if k not in KINDS:
+            raise ConfigError(f"unknown BN feature kind {k!r}; expected one of {', '.join(KINDS)}")
+    with_var = "variance" in kinds
+    named = dict(bn_layers(model)) if layers is None else _select(bn_layers(model), layers)
+    with eval_mode(model), capture_bn_inputs(model, list(named), with_var) as store:
+        emb = model(x)
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in kinds}
+    for name, m in named.items():
+        if name not in store:
+            raise FrleakError(f"BatchNorm layer {name} was not called in the forward pass")
+        mean, var = store[name]
+        rm, rv = m.running_mean.float(), m.running_var.float()  # type: ignore[union-attr]
+        for k in kinds:
+            if k == "paper":
+                out[k].append(paper_distance(mean, rm))
+            elif k == "normalized":
+                out[k].append(normalized_distance(mean, rm, rv, eps))
+            elif k == "variance":
+                assert var is not None
+                out[k].append(variance_distance(var, rv, eps) if mean.ndim == 2 and var.abs().sum() > 0
+                              else torch.zeros(mean.shape[0], device=mean.device))
+            else:
+                out[k].append(channel_deviation(mean, rm, rv, eps))
+    feats = {k: torch.stack(v, dim=1) if k != "channels" else torch.cat(v, dim=1) for k, v in out.items()}
+    return feats, emb
+
+
+# ---- batched extraction ----------------------------------------------------------------------------------------
+@dataclass
+class FeatureSet:
+    """Features of N images under one model: {kind: (N, L)} plus embeddings (N, D) and the layer names."""
+
+    features: dict[str, np.ndarray]
+    embeddings: np.ndarray
+    layer_names: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def subset(self, idx: np.ndarray | Sequence[int]) -> FeatureSet:
+        idx = np.asarray(idx)
+        return FeatureSet({k: v[idx] for k, v in self.features.items()}, self.embeddings[idx], self.layer_names,
+                          dict(self.meta))
+
+    def save(self, path: str | Path) -> None:
+        import io
+        import json
+
+        from frleak.io import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.savez(buf, embeddings=self.embeddings, layer_names=np.array(self.layer_names),
+                 meta=np.array(json.dumps(self.meta)), **{f"feat_{k}": v for k, v in self.features.items()})
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureSet:
+        import json
+
+        with np.load(path, allow_pickle=False) as z:
+            feats = {k[5:]: z[k] for k in z.files if k.startswith("feat_")}
+            return cls(feats, z["embeddings"], [str(s) for s in z["layer_names"]], json.loads(str(z["meta"])))
+
+    @staticmethod
+    def concat(sets: Sequence[FeatureSet]) -> FeatureSet:
+        kinds = sets[0].features.keys()
+        return FeatureSet({k: np.concatenate([s.features[k] for s in sets]) for k in kinds},
+                          np.concatenate([s.embeddings for s in sets]), sets[0].layer_names, dict(sets[0].meta))
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, images: torch.Tensor, *, kinds: Sequence[str] = ("paper", "normalized",
+                     "variance"), batch_size: int = 128, device: str | torch.device = "cpu", flip: bool = False,
+                     layers: Sequence[str] | None = None, progress: bool = False) -> FeatureSet:
+    """BN features of uint8 images (N, 3, H, W) at the model's input size, batch by batch.
+
+    ``flip=True`` averages the features of each image and its mirror (the model was trained with flips, so both
+    views carry the membership signal). The model (mode, buffers, hooks) is exactly as before afterwards.
+    """
+    spec = model.input_spec  # type: ignore[attr-defined]
+    names = [n for n, _ in bn_layers(model)] if layers is None else list(layers)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+    embs: list[np.ndarray] = []
+    starts = range(0, len(images), batch_size)
+    iterator: Any = starts
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(starts, desc="BN features", unit="batch", leave=False)
+    model_device = next(model.parameters()).device
+    moved = model_device != torch.device(device)
+    if moved:
+        model.to(device)
+    try:
+        for i in iterator:
+            x = normalize(images[i:i + batch_size], spec).to(device)
+            feats, emb = bn_features(model, x, kinds, names)
+            if flip:
+                f2, e2 = bn_features(model, hflip(x), kinds, names)
+                feats = {k: (feats[k] + f2[k]) / 2 for k in kinds}
+                emb = torch.cat([emb, e2], dim=1)
+            for k in kinds:
+                parts[k].append(feats[k].float().cpu().numpy())
+            embs.append(emb.float().cpu().numpy())
+    finally:
+        if moved:
+            model.to(model_device)
+    return FeatureSet({k: np.concatenate(v) for k, v in parts.items()}, np.concatenate(embs), names,
+                      {"kinds": list(kinds), "flip": flip})
