@@ -116,10 +116,12 @@ class TrainContext:
     extra_state: dict[str, Any] = field(default_factory=dict)
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+def _rank_world(device: str = "cpu") -> tuple[int, int]:
+    """(rank, world size); under torchrun this joins the process group first (gloo on CPU, NCCL on CUDA)."""
+    from frleak.distributed import init_distributed
+
+    info = init_distributed(device)
+    return info.rank, info.world_size
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, drop_last: bool = True) -> list[torch.Tensor]:
@@ -181,7 +183,7 @@ def train_backbone(
         raise ConfigError(f"{len(images)} images but {len(labels)} labels")
     if len(images) < config.batch_size:
         config = replace(config, batch_size=max(2, len(images)))
-    rank, world = _rank_world()
+    rank, world = _rank_world(config.device)
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
     labels = labels.long()
@@ -201,9 +203,15 @@ def train_backbone(
     for cb in callbacks:
         if hasattr(cb, "setup"):
             cb.setup(ctx)
+    synced: list[tuple[str, nn.Module]] = []
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        from frleak.distributed import convert_sync_batchnorm
+
+        # BatchNorm over the global batch (CPU too), so that a step equals the single-process step; see
+        # frleak.distributed. DDP's default broadcast of rank 0's buffers keeps the running statistics identical.
+        synced = convert_sync_batchnorm(_unwrap(ctx.model), device.type)
         ctx.model = DDP(ctx.model)
         ctx.head = DDP(ctx.head)
 
@@ -229,6 +237,10 @@ def train_backbone(
             break
     result: dict[str, Any] = {"history": history, "train_seconds": time.time() - t0, "stopped_early": stopped_early,
                               "epochs_run": len(history)}
+    if synced:
+        from frleak.distributed import revert_sync_batchnorm
+
+        revert_sync_batchnorm(_unwrap(ctx.model), synced)  # the released model has plain BatchNorm layers
     model.eval()
     if evaluate is not None and rank == 0:
         result["utility"] = evaluate(model)
@@ -243,6 +255,8 @@ def train_backbone(
                 full_card.setdefault("defense", {}).update(cb.card())
         save_backbone(model, out, full_card)
         atomic_write_json(out / "history.json", history)
+    if world > 1:
+        dist.barrier()  # no rank returns before rank 0 has written the model
     return result
 
 
@@ -264,9 +278,13 @@ def _run_epoch(ctx: TrainContext, images: torch.Tensor, labels: torch.Tensor, ep
 
         iterator = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
     total_loss, total_correct, seen = 0.0, 0, 0
-    for i, idx in enumerate(iterator):
+    for i, batch in enumerate(iterator):
+        idx = batch
         if world > 1:
-            idx = idx[rank::world]
+            if len(batch) < world:  # a rank would get no row; every rank decides alike and skips it
+                log.warning("epoch %d step %d: batch of %d < %d ranks skipped", epoch + 1, i, len(batch), world)
+                continue
+            idx = batch[rank::world]
         if len(idx) == 0:
             continue
         step = epoch * ctx.steps_per_epoch + i
@@ -283,7 +301,9 @@ def _run_epoch(ctx: TrainContext, images: torch.Tensor, labels: torch.Tensor, ep
             logits = ctx.head(emb.float(), y)
             loss = ctx.loss_fn(logits.float(), y)
         ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # Under DDP each rank's mean loss is weighted by its share of the global batch: DDP's gradient average then
+        # is the gradient of the mean loss over the whole batch, as in one process (also for uneven shards).
+        (loss * (len(idx) * world / len(batch)) if world > 1 else loss).backward()
         if cfg.grad_clip:
             params = [p for g in ctx.optimizer.param_groups for p in g["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -299,6 +319,10 @@ def _run_epoch(ctx: TrainContext, images: torch.Tensor, labels: torch.Tensor, ep
         seen += len(idx)
         if progress and hasattr(iterator, "set_postfix"):
             iterator.set_postfix(loss=f"{total_loss / seen:.3f}", lr=f"{lr:.4f}")
+    if world > 1:  # the epoch's statistics over all ranks, so history, card and early stopping agree everywhere
+        sums = torch.tensor([total_loss, float(total_correct), float(seen)], dtype=torch.float64, device=device)
+        dist.all_reduce(sums)
+        total_loss, total_correct, seen = float(sums[0]), int(sums[1]), int(sums[2])
     stats = {"epoch": epoch + 1, "loss": total_loss / max(1, seen), "train_acc": total_correct / max(1, seen),
              "lr": lr_at(cfg, (epoch + 1) * ctx.steps_per_epoch - 1, total_steps, ctx.steps_per_epoch)}
     if progress:
