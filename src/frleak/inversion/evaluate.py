@@ -103,11 +103,12 @@ class Gallery:
         return cls(emb, np.asarray(identities), images if keep_images else None)
 
     @classmethod
-    def from_samples(cls, evaluator: nn.Module, samples: Sequence[Sample], **kwargs: Any) -> Gallery:
+    def from_samples(cls, evaluator: nn.Module, samples: Sequence[Sample], *, progress: bool = False,
+                     **kwargs: Any) -> Gallery:
         """Load identity-folder samples in the 112x112 aligned frame and embed them (see :meth:`from_images`)."""
         if not samples:
             raise DataError("the evaluation gallery is empty")
-        images = load_uint8([s.path for s in samples], InputSpec())
+        images = load_uint8([s.path for s in samples], InputSpec(), progress=progress)
         return cls.from_images(evaluator, images, [s.identity for s in samples], **kwargs)
 
     def subset(self, rows: np.ndarray | Sequence[int]) -> Gallery:

@@ -151,7 +151,8 @@ def run_inversion(target: str | Path, cfg: InversionConfig, out_dir: str | Path,
         members = _cap(ms.members, max_per_identity)
         members += [s for s in leaked if s not in members]  # leaked photos are excluded, but must be findable
         distractors = _cap(ms.unseen_identity or ms.other_dataset, max_per_identity)
-        kw: dict[str, Any] = {"resolution": res, "device": cfg.device, "batch_size": cfg.batch_size}
+        kw: dict[str, Any] = {"resolution": res, "device": cfg.device, "batch_size": cfg.batch_size,
+                              "progress": cfg.progress}
         galleries["member"] = Gallery.from_samples(evaluator, members, **kw)
         if distractors:
             galleries["distractor"] = Gallery.from_samples(evaluator, distractors, **kw)
