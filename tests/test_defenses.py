@@ -35,8 +35,7 @@ from frleak.features import bn_layers
 from frleak.models import create_backbone
 from frleak.models.base import Backbone
 from frleak.models.checkpoint import load_backbone, read_card
-from frleak.models.heads import ArcFace
-from frleak.registry import DEFENSES
+from frleak.registry import DEFENSES, HEADS
 from frleak.train import TrainConfig, train_backbone
 
 CFG = TrainConfig(epochs=2, batch_size=8, lr=0.1, warmup_epochs=0.5, head_kwargs={"s": 16.0, "m": 0.2}, seed=1)
@@ -166,7 +165,11 @@ def test_reestimation_matches_the_direct_statistics_and_forgets_the_old_ones(tra
         assert torch.equal(a, b), k
 
 
-def test_reestimation_needs_public_images(trained_bn: Backbone, public: torch.Tensor) -> None:
+def test_bn_defenses_need_public_images_and_a_bn_model(trained_bn: Backbone, public: torch.Tensor) -> None:
+    gn = create_backbone("tiny", input_size=32, norm="gn")
+    for name in ("bn_reestimate", "bn_noise"):
+        with pytest.raises(ConfigError, match="has none"):
+            create_defense(name).finalize(gn, public)
     d = create_defense("bn_reestimate")
     with pytest.raises(ConfigError, match="public images"):
         d.finalize(copy.deepcopy(trained_bn), None)
@@ -308,6 +311,12 @@ def test_seeded_training_defenses_resume_exactly(name: str, data: tuple[torch.Te
         assert torch.equal(a, b), k
     if name == "dpsgd":
         assert read_card(tmp_path / "full")["defense"] == read_card(tmp_path / "resumed")["defense"]
+        # resuming a finished run trains nothing and still reports the budget spent
+        d = create_defense(name, **kw)
+        again, _ = train_with_defense(d, "tiny", {"input_size": 32}, *data, cfg, out_dir=tmp_path / "resumed",
+                                      resume=True, progress=False)
+        assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), again.state_dict().values()))
+        assert d.card() == read_card(tmp_path / "full")["defense"]
 
 
 # ---- DP-SGD ------------------------------------------------------------------------------------------------------
@@ -341,14 +350,15 @@ def test_dpsgd_refuses_a_batchnorm_backbone(data: tuple[torch.Tensor, torch.Tens
                        callbacks=create_defense("dpsgd").callbacks())
 
 
-def test_dpsgd_per_sample_gradients_equal_one_sample_backward_passes() -> None:
-    """Opacus' per-sample gradients through the re-plumbed ArcFace head and a GroupNorm backbone equal those of
+@pytest.mark.parametrize("head_name", ["arcface", "cosface"])
+def test_dpsgd_per_sample_gradients_equal_one_sample_backward_passes(head_name: str) -> None:
+    """Opacus' per-sample gradients through the re-plumbed margin head and a GroupNorm backbone equal those of
     separate backward passes of each sample's loss through the original modules (the oracle)."""
     from opacus import GradSampleModule
 
     torch.manual_seed(0)
     model = create_backbone("tiny", input_size=32, norm="gn").double()  # float64: a tight oracle
-    head = ArcFace(32, 5, s=16.0, m=0.3).double()
+    head = HEADS.create(head_name, embedding_dim=32, num_classes=5, s=16.0, m=0.3).double()
     x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.tensor([0, 3, 3, 1])
     expected = []
     for i in range(4):

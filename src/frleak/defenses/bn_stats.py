@@ -21,6 +21,7 @@ import torch
 
 from frleak.data.images import hflip, normalize
 from frleak.defenses.base import Defense, check_public_images
+from frleak.errors import ConfigError, FrleakError
 from frleak.features import bn_layers
 from frleak.models.base import Backbone
 from frleak.registry import DEFENSES
@@ -81,8 +82,8 @@ def noise_bn_statistics(model: Backbone, sigma: float, seed: int = 0) -> Backbon
 
     Per channel, with s = sqrt(running_var + eps) and z, z' ~ N(0, 1) independent:
         running_mean <- running_mean + sigma * s * z
-        running_std  <- running_std * exp(sigma * z')     (log-normal: the variance stays positive, and its
-                                                           relative perturbation is ~ sigma, like the mean's)
+        running_std  <- running_std * exp(sigma * z')     (log-normal: a positive variance stays positive, and
+                                                           its relative perturbation is ~ sigma, like the mean's)
     One generator seeded with ``seed`` is drawn from layer by layer in module order: same seed, same release.
     """
     if sigma < 0 or not math.isfinite(sigma):
@@ -101,6 +102,15 @@ def noise_bn_statistics(model: Backbone, sigma: float, seed: int = 0) -> Backbon
 
 
 # ---- the registered defenses ------------------------------------------------------------------------------------
+def _require_bn(model: Backbone, who: str) -> None:
+    try:
+        bn_layers(model)
+    except FrleakError:
+        raise ConfigError(f"defense {who!r} post-processes BatchNorm running statistics, but "
+                          f"{type(model).__name__} has none (a GroupNorm/LayerNorm model needs no such defense)"
+                          ) from None
+
+
 @DEFENSES.register("bn_reestimate")
 @dataclasses.dataclass
 class BNReestimate(Defense):
@@ -132,6 +142,7 @@ class BNReestimate(Defense):
         return dict(backbone_options), train_config
 
     def finalize(self, model: Backbone, public_images: torch.Tensor | None = None) -> Backbone:
+        _require_bn(model, self.name)
         images = check_public_images(public_images, model, self.name)
         bs = self.batch_size or self._train_batch_size or 64
         bs = min(bs, len(images))
@@ -165,5 +176,6 @@ class BNNoise(Defense):
             raise self._fail("sigma", f"must be a finite number >= 0, got {self.sigma}")
 
     def finalize(self, model: Backbone, public_images: torch.Tensor | None = None) -> Backbone:
+        _require_bn(model, self.name)
         noise_bn_statistics(model, self.sigma, self.seed)
         return model

@@ -138,6 +138,7 @@ class _DPSGDCallback(DefenseCallback):
         super().__init__(defense)
         self._modules: list[Any] = []
         self._noise = torch.Generator()
+        self._ctx: TrainContext | None = None
 
     def setup(self, ctx: TrainContext) -> None:
         from opacus import GradSampleModule
@@ -195,19 +196,34 @@ class _DPSGDCallback(DefenseCallback):
 
         ctx.batch_plan = plan
         self._steps_per_epoch = ctx.steps_per_epoch
+        self._ctx = ctx
 
     def end_epoch(self, ctx: TrainContext, epoch: int, stats: dict[str, float]) -> bool:
-        # every planned step counts, also an empty Poisson batch the loop skips (conservative)
-        steps = (epoch + 1) * self._steps_per_epoch
-        d = self.defense
-        d.result_.update(steps=steps, epochs_run=epoch + 1,
-                         epsilon=epsilon_for(self.sigma, self.sample_rate, steps, self.delta, d.accountant))
+        # kept in the checkpointed extra_state: a resumed run (even one with no epoch left) reports the right epsilon
+        ctx.extra_state["dpsgd_epochs_done"] = epoch + 1
+        self.refresh()
         return False
+
+    def refresh(self) -> None:
+        """Account for the epochs done so far. Every planned step counts, also an empty Poisson batch that the
+        loop skips (conservative: the accountant assumes every step ran)."""
+        if self._ctx is None:
+            return
+        epochs = int(self._ctx.extra_state.get("dpsgd_epochs_done", 0))
+        steps = epochs * self._steps_per_epoch
+        d = self.defense
+        d.result_.update(steps=steps, epochs_run=epochs,
+                         epsilon=epsilon_for(self.sigma, self.sample_rate, steps, self.delta, d.accountant))
+
+    def card(self) -> dict[str, Any]:
+        self.refresh()
+        return super().card()
 
     def close(self) -> None:
         """Remove opacus' hooks and per-sample attributes from the trained modules."""
         while self._modules:
             self._modules.pop().cleanup()
+        self._ctx = None  # the result stays in the defense; drop the model/optimizer references
 
 
 @DEFENSES.register("dpsgd")
@@ -260,6 +276,7 @@ class DPSGD(Defense):
 
     def finalize(self, model: Backbone, public_images: torch.Tensor | None = None) -> Backbone:
         for cb in self._callbacks:
+            cb.refresh()
             cb.close()
         self._callbacks.clear()
         return model
