@@ -101,6 +101,8 @@ def test_registry_knows_every_defense_and_checks_parameters() -> None:
         create_defense("label_smoothing", label_smoothing=1.5)
     with pytest.raises(ConfigError, match="accountant"):
         create_defense("dpsgd", accountant="gdp2")
+    with pytest.raises(ConfigError, match="bad parameter value"):
+        create_defense("bn_noise", sigma="a lot")
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -108,7 +108,10 @@ def create_defense(name: str, **params: Any) -> Defense:
     if unknown:
         raise ConfigError(f"defense {name!r} has no parameter(s) {', '.join(unknown)}; "
                           f"known: {', '.join(known) or '(none)'}")
-    defense: Defense = cls(**params)
+    try:
+        defense: Defense = cls(**params)
+    except (TypeError, ValueError) as exc:  # e.g. a string where a number belongs (from YAML or --set)
+        raise ConfigError(f"defense {name!r}: bad parameter value ({exc})") from None
     return defense
 
 

@@ -105,6 +105,8 @@ class _StopOnTrainAccuracy(DefenseCallback):
                           "final_train_acc": float(stats["train_acc"])})
         stop = d.max_train_acc is not None and epoch + 1 >= d.min_epochs and stats["train_acc"] >= d.max_train_acc
         d.result_["stopped_early"] = bool(stop)
+        if stop:  # checkpointed with the epoch, so a resumed run can tell that training is over
+            ctx.extra_state["stopped_early"] = True
         return bool(stop)
 
 
