@@ -44,7 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tv-weight", type=float)
     p.add_argument("--l2-weight", type=float)
     p.add_argument("--bn-prior", choices=["sample", "batch"], default="sample")
-    p.add_argument("--selection-transforms", type=int, default=10)
+    p.add_argument("--selection-transforms", type=int, default=10,
+                   help="random transforms averaged in the final selection (1 = the untransformed face only)")
+    p.add_argument("--no-augment", action="store_true",
+                   help="optimise on the untransformed face (default: one small random transform per step)")
     p.add_argument("--image-size", type=int, help="GAN-free image side (default: the generator's, else 64)")
     p.add_argument("--targets", type=int, default=10, help="member identities attacked in targeted mode")
     p.add_argument("--split", help="membership split JSON of the target (evaluation galleries, templates)")
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, lr=args.lr, membership_weight=args.membership_weight,
         template_weight=args.template_weight, bn_weight=args.bn_weight, latent_weight=args.latent_weight,
         tv_weight=args.tv_weight, l2_weight=args.l2_weight, bn_prior=args.bn_prior,
-        selection_transforms=args.selection_transforms,
+        selection_transforms=args.selection_transforms, augment=not args.no_augment,
         image_size=(args.image_size, args.image_size) if args.image_size else None, batch_size=args.batch_size,
         seed=args.seed, device=args.device, progress=not args.json)
     result = run_inversion(
@@ -92,14 +95,14 @@ def run(args: argparse.Namespace) -> int:
         if "mean_membership_logit" in s:
             line += f", attack logit {s['mean_membership_logit']:.3f}, member rate {s['attack_member_rate']:.2f}"
         print(line)
-        for key in ("metrics",):
-            m = result[key]
+        rows = [(result["method"], result["metrics"])]
+        if result["control"]:
+            rows.append((f"control {result['control']['method']}", result["control"]["metrics"]))
+        for name, m in rows:
             if m:
                 u = m["untargeted"]
-                print(f"  member share {u.get('member_share', float('nan')):.3f}, member ids recovered "
+                print(f"  {name}: member share {u.get('member_share', float('nan')):.3f}, member ids recovered "
                       f"{u.get('member_ids_recovered', '-')}" + (f", top-1 {m['targeted']['top1']:.3f}"
                                                                  if "targeted" in m else ""))
-        if result["control"]:
-            print(f"  control: {result['control']['method']}")
         print(f"  wrote {result['files']['result']}")
     return 0

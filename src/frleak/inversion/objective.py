@@ -203,16 +203,17 @@ class InversionObjective:
         return out
 
     def terms(self, images: torch.Tensor, *, latents: torch.Tensor | None = None, generator: Any = None,
-              template_index: torch.Tensor | None = None, grad: bool = True
+              template_index: torch.Tensor | None = None, grad: bool = True, log: bool = True
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(per-image terms (N,) with ``loss`` (N,), the target's feature groups). With ``grad`` the loss keeps its
         graph to ``images``/``latents``; target terms are computed without a graph when the loss has none of them
-        (logged only)."""
+        (logged only); with ``log=False`` they are not computed at all then (the candidate search only ranks)."""
         w = self.weights
         out: dict[str, torch.Tensor] = {}
         fwd: dict[str, torch.Tensor] = {}
         loss = torch.zeros(images.shape[0], device=images.device)
-        if self.attack is not None or self.templates is not None or self.has_bn:
+        uses_target = self.attack is not None or self.templates is not None or self.has_bn
+        if uses_target and (log or w.needs_target()):
             with torch.set_grad_enabled(grad and w.needs_target()):
                 fwd = self.forward_target(images)
             if self.attack is not None:

@@ -89,6 +89,7 @@ class InversionConfig:
     bn_prior: str = "sample"
     flip: bool = True
     selection_transforms: int = 10
+    augment: bool = True
     image_size: tuple[int, int] | None = None
     batch_size: int = 64
     seed: int = 0
@@ -244,7 +245,7 @@ def _search(run: _Run, n_targets: int) -> tuple[torch.Tensor, torch.Tensor, torc
             tidx = torch.full((len(z),), k, dtype=torch.long, device=z.device)
             with torch.no_grad():
                 terms, _ = run.objective.terms(gen.synthesize(z), latents=z, generator=gen, template_index=tidx,
-                                               grad=False)
+                                               grad=False, log=False)
             scores.append(terms["loss"].float().cpu())
             if bar is not None:
                 bar.update(len(z))
@@ -267,25 +268,34 @@ def _optimise(run: _Run, latents: torch.Tensor, index: torch.Tensor
     sums: dict[str, np.ndarray] = {}
     starts, ends = [], []
     bar = _progress(len(_chunks(len(latents), cfg.batch_size)) * cfg.steps, "optimise", cfg.progress and cfg.steps > 0)
+    # one random transform per step, the same for every chunk (so chunking still changes nothing); the first
+    # transform is the identity and the last step (logged as the result) is never transformed
+    aug = sample_transforms(cfg.steps + 1, torch.Generator().manual_seed(cfg.seed * 1_000_003 - 2)) \
+        if cfg.augment else None
     for sl in _chunks(len(latents), cfg.batch_size):
         z = latents[sl].clone().requires_grad_(True)
         tidx = index[sl].to(z.device)
         opt = torch.optim.Adam([z], lr=lr, betas=cfg.betas)
         for step in range(cfg.steps + 1):
-            terms, _ = obj.terms(gen.synthesize(z), latents=z, generator=gen, template_index=tidx, grad=True)
+            images = gen.synthesize(z)
+            if aug is not None and step < cfg.steps:
+                images = apply_transform(images, aug, step)
+            terms, _ = obj.terms(images, latents=z, generator=gen, template_index=tidx, grad=True)
+            loss = terms["loss"].sum()
+            frozen = not loss.requires_grad  # nothing depends on the latent (the unguided control): no step at
+            last = step == cfg.steps or frozen  # all, so every later step would log the same values
             for k, v in terms.items():
-                sums.setdefault(k, np.zeros(cfg.steps + 1))[step] += float(v.detach().double().sum())
+                sums.setdefault(k, np.zeros(cfg.steps + 1))[step if not frozen else slice(step, None)] += \
+                    float(v.detach().double().sum())
             if step == 0:
                 starts.append({k: v.detach() for k, v in terms.items()})
-            if step == cfg.steps:
+            if last:
                 ends.append({k: v.detach() for k, v in terms.items()})
                 break
-            loss = terms["loss"].sum()
-            if loss.requires_grad:  # nothing depends on the latent (e.g. the unguided control): no step at all
-                (g,) = torch.autograd.grad(loss, z)
-                z.grad = g
-                opt.step()
-                gen.project_(z)
+            (g,) = torch.autograd.grad(loss, z)
+            z.grad = g
+            opt.step()
+            gen.project_(z)
             if bar is not None:
                 bar.update(1)
         out[sl] = z.detach()
@@ -300,8 +310,13 @@ def _select(run: _Run, latents: torch.Tensor, index: torch.Tensor, n_targets: in
     cfg, gen, obj = run.cfg, run.generator, run.objective
     params = sample_transforms(cfg.selection_transforms, torch.Generator().manual_seed(cfg.seed * 1_000_003 - 1))
     score = torch.zeros(len(latents), dtype=torch.float64)
-    bar = _progress(len(latents), "selection", cfg.progress)
-    for sl in _chunks(len(latents), cfg.batch_size):
+    w = obj.weights
+    if not (w.needs_target() or w.tv or w.l2):  # the score is identically 0: every candidate ties
+        params = sample_transforms(0, torch.Generator())
+        bar = None
+    else:
+        bar = _progress(len(latents), "selection", cfg.progress)
+    for sl in _chunks(len(latents), cfg.batch_size) if len(params) else []:
         with torch.no_grad():
             images = gen.synthesize(latents[sl])
             tidx = index[sl].to(images.device)
@@ -311,7 +326,7 @@ def _select(run: _Run, latents: torch.Tensor, index: torch.Tensor, n_targets: in
             bar.update(sl.stop - sl.start)
     if bar is not None:
         bar.close()
-    score /= len(params)
+    score /= max(1, len(params))
     keep = []
     for k in range(n_targets):
         rows = torch.nonzero(index == k).flatten()
