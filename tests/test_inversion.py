@@ -42,6 +42,7 @@ from frleak.inversion import (
     to_backbone_input,
     torch_attack,
     untargeted_metrics,
+    znorm_stats,
 )
 from frleak.inversion.pipeline import RESULT_KEYS
 from frleak.inversion.transforms import apply_transform, sample_transforms
@@ -383,6 +384,24 @@ def test_untargeted_metrics_hand_example() -> None:
     assert m3["member_identities"] == 1 and m3["distractor_identities"] == 1
 
 
+def test_znorm_corrects_a_hub_identity() -> None:
+    # identity H (a distractor) is a hub: every generated face leans towards it. A reconstruction that is 0.5 from
+    # member A and 0.55 from H is nearest to H in raw cosine, but far more typical of A once each identity's
+    # cosine is measured against what plain generator faces (the cohort) reach with it.
+    e = torch.tensor([_unit(1, 0, 0, 0)] * 2 + [_unit(0, 1, 0, 0)] * 2, dtype=torch.float32)
+    member = Gallery(e[:2], np.array(["A", "A"]))
+    distractor = Gallery(e[2:], np.array(["H", "H"]))
+    g = torch.Generator().manual_seed(0)
+    cohort = F.normalize(torch.tensor([[0.0, 0.6, 0.0, 0.8]]) + 0.05 * torch.randn((40, 4), generator=g), dim=1)
+    recon = torch.tensor([_unit(0.5, 0.55, 0, 0.67)], dtype=torch.float32)
+    m = untargeted_metrics(recon, member, distractor, far=0.5, cohort=cohort)
+    assert m["per_image"]["nearest_identity"] == ["H"] and m["member_share"] == 0.0
+    assert m["per_image"]["nearest_identity_znorm"] == ["A"] and m["member_share_znorm"] == 1.0
+    mu, sd = znorm_stats(cohort, member.centroids(["A"]))
+    np.testing.assert_allclose(mu, (cohort @ e[0]).mean().item(), rtol=1e-5)
+    assert "member_share_znorm" not in untargeted_metrics(recon, member, distractor)
+
+
 def test_far_threshold() -> None:
     scores = np.arange(1000) / 1000.0  # 0.000 ... 0.999
     t, resolved = far_threshold(scores, 1e-2)
@@ -465,6 +484,7 @@ def test_cli_end_to_end(cli_files, tmp_path: Path, capsys, mode: str, method: st
     for key in ("metrics",):
         assert "member_share" in saved[key]["untargeted"] and "member_ids_recovered" in saved[key]["untargeted"]
         assert "member_share" in saved["control"][key]["untargeted"]
+        assert "member_share_znorm" in saved[key]["untargeted"]
     if mode == "targeted":
         assert len(saved["targets"]) == 2 and "top1" in saved["metrics"]["targeted"]
         assert "top5" in saved["control"]["metrics"]["targeted"]

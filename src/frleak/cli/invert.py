@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="resize gallery photos to the reconstructions' size before embedding (default) or not")
     p.add_argument("--max-per-identity", type=int, help="cap gallery photos per identity")
     p.add_argument("--far", type=float, default=1e-3, help="evaluator false accept rate for 'recovered'")
+    p.add_argument("--cohort", type=int, default=64,
+                   help="plain generator samples for the hubness-corrected *_znorm metrics (0: none)")
     p.add_argument("--no-control", action="store_true", help="skip the control run")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
@@ -86,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         trust=args.trust_checkpoint, split=args.split, n_targets=args.targets,
         evaluator_weights=args.evaluator_weights, evaluator_backbone=args.evaluator_backbone,
         selection_attack=args.selection_attack, control=not args.no_control,
-        gallery_resolution=args.gallery_resolution, max_per_identity=args.max_per_identity, far=args.far)
+        gallery_resolution=args.gallery_resolution, max_per_identity=args.max_per_identity, far=args.far,
+        cohort_size=args.cohort)
     if args.json:
         print_json(result)
     else:

@@ -18,6 +18,7 @@ from frleak.inversion.evaluate import (
     load_evaluator,
     targeted_metrics,
     untargeted_metrics,
+    znorm_stats,
 )
 from frleak.inversion.gan_free import PixelGenerator
 from frleak.inversion.grids import save_grid
@@ -32,4 +33,5 @@ __all__ = [
     "bn_stat_prior", "embed", "evaluate_reconstructions", "far_threshold", "invert", "is_differentiable",
     "l2_image", "load_evaluator", "run_inversion", "save_grid", "targeted_metrics", "to_backbone_input",
     "torch_attack", "total_variation", "uint8_to_unit", "unit_to_uint8", "untargeted_metrics",
+    "znorm_stats",
 ]

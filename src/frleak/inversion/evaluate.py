@@ -18,7 +18,10 @@ subsampled, seeded; identity centroid = normalised mean embedding):
   floor(far * n_pairs) impostors accepted (``far_resolved`` is False when n_pairs < 1 / far);
 * ``member_ids_recovered`` / ``distractor_ids_recovered``: distinct identities that are some reconstruction's nearest
   centroid with cos >= threshold (the distractor count is the false-discovery floor);
-* ``mean_nearest_member_cos`` / ``mean_nearest_distractor_cos``: cosine to the nearest single image of each group.
+* ``mean_nearest_member_cos`` / ``mean_nearest_distractor_cos``: cosine to the nearest single image of each group;
+* with a ``cohort`` of plain generator samples, ``member_share_znorm`` and ``*_ids_recovered_znorm``: the same with
+  each identity's cosine Z-normalised by the cosines the cohort reaches with it (hub identities, which every GAN
+  face resembles a little, otherwise collect most nearest-identity votes, method and control alike).
 
 Targeted metrics (reconstruction i was made for member identity ``targets[i]`` from one leaked photo, which is
 excluded from the gallery with ``exclude``): ``top1`` / ``top5`` identity accuracy among the centroids of all member
@@ -152,9 +155,17 @@ def _balanced_names(member: Gallery, distractor: Gallery, seed: int) -> tuple[li
     return mem, dis
 
 
+def znorm_stats(cohort: torch.Tensor, centroids: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-identity mean and std (K,) of the cosine between each centroid (K, E) and a cohort (C, E) of unguided
+    generator faces: how strongly an identity attracts *any* generated face (its "hubness")."""
+    c = (cohort @ centroids.T).numpy().astype(np.float64)
+    return c.mean(0), c.std(0) + 1e-6
+
+
 def untargeted_metrics(emb: torch.Tensor, member: Gallery, distractor: Gallery | None, *, far: float = 1e-3,
-                       seed: int = 0) -> dict[str, Any]:
-    """Untargeted metrics of reconstruction embeddings (N, E) (see the module docstring)."""
+                       seed: int = 0, cohort: torch.Tensor | None = None) -> dict[str, Any]:
+    """Untargeted metrics of reconstruction embeddings (N, E) (see the module docstring). ``cohort``: evaluator
+    embeddings (C, E) of plain generator samples; adds hubness-corrected (Z-normalised) nearest identities."""
     out: dict[str, Any] = {"n_reconstructions": int(len(emb)),
                            "mean_nearest_member_cos": float((emb @ member.embeddings.T).max(1).values.mean())}
     if distractor is None or len(distractor) == 0:
@@ -192,6 +203,21 @@ def untargeted_metrics(emb: torch.Tensor, member: Gallery, distractor: Gallery |
                       "nearest_cos": best.tolist(), "accepted": accepted.tolist()},
     })
     out["member_ids_recovered_share"] = out["member_ids_recovered"] / len(mem)
+    if cohort is not None and len(cohort) >= 2:
+        # Z-norm (speaker verification's cohort normalisation): identity j's score is its cosine in units of the
+        # spread of cosines that plain generator faces reach with it, so a hub identity stops attracting everything
+        mu, sd = znorm_stats(cohort, cent)
+        zn = ((rs - mu) / sd).argmax(1)
+        zacc = rs[np.arange(len(rs)), zn] >= thr
+        zmem = is_member[zn]
+        out.update({
+            "member_share_znorm": float(zmem.mean()) if len(emb) else float("nan"),
+            "member_ids_recovered_znorm": len({int(j) for j in zn[zacc & zmem]}),
+            "distractor_ids_recovered_znorm": len({int(j) for j in zn[zacc & ~zmem]}),
+            "cohort_size": int(len(cohort)),
+        })
+        out["per_image"].update({"nearest_identity_znorm": [names[j] for j in zn],
+                                 "nearest_is_member_znorm": zmem.tolist()})
     return out
 
 
@@ -228,19 +254,21 @@ def targeted_metrics(emb: torch.Tensor, member: Gallery, targets: Sequence[str],
 def evaluate_reconstructions(images: torch.Tensor, *, evaluator: nn.Module, member_gallery: Gallery,
                              distractor_gallery: Gallery | None = None, mode: str = "untargeted",
                              targets: Sequence[str] | None = None, exclude: Sequence[int] | None = None,
-                             far: float = 1e-3, seed: int = 0, batch_size: int = 64, device: str = "cpu"
-                             ) -> dict[str, Any]:
+                             far: float = 1e-3, seed: int = 0, batch_size: int = 64, device: str = "cpu",
+                             cohort: torch.Tensor | None = None) -> dict[str, Any]:
     """Metrics of reconstructions (N, 3, H, W) in [-1, 1] under ``evaluator`` (never the target).
 
     ``member_gallery``: photos of the target's private identities (members); ``distractor_gallery``: photos of
     identities the target never saw; ``mode="targeted"`` also needs ``targets`` (N identity names) and takes
     ``exclude``: member-gallery rows (the leaked template photos) left out of every targeted metric.
+    ``cohort``: plain generator samples (C, 3, h, w) in [-1, 1] for the hubness-corrected ``*_znorm`` metrics.
     Returns {"untargeted": {...}, "targeted": {...} (targeted mode only)}."""
     if mode not in ("untargeted", "targeted"):
         raise ConfigError(f"mode must be 'untargeted' or 'targeted', got {mode!r}")
     emb = embed(evaluator, images, batch_size=batch_size, device=device)
+    coh = None if cohort is None else embed(evaluator, cohort, batch_size=batch_size, device=device)
     out: dict[str, Any] = {"untargeted": untargeted_metrics(emb, member_gallery, distractor_gallery, far=far,
-                                                            seed=seed)}
+                                                            seed=seed, cohort=coh)}
     if mode == "targeted":
         if targets is None:
             raise ConfigError("targeted evaluation needs targets: the member identity of every reconstruction")

@@ -20,6 +20,7 @@ import torch
 from frleak.data.folder import Sample, group_by_identity
 from frleak.errors import ConfigError
 from frleak.inversion.evaluate import Gallery, evaluate_reconstructions, load_evaluator
+from frleak.inversion.gan_free import PixelGenerator
 from frleak.inversion.grids import save_grid
 from frleak.inversion.preprocess import unit_to_uint8
 from frleak.inversion.search import InversionConfig, InversionResult, invert
@@ -88,10 +89,11 @@ def run_inversion(target: str | Path, cfg: InversionConfig, out_dir: str | Path,
                   split: str | Path | None = None, n_targets: int = 10, evaluator_weights: str | Path | None = None,
                   evaluator_backbone: str | None = None, selection_attack: str | Path | None = None,
                   control: bool = True, gallery_resolution: str = "reconstruction", max_per_identity: int | None = None,
-                  far: float = 1e-3) -> dict[str, Any]:
+                  far: float = 1e-3, cohort_size: int = 64) -> dict[str, Any]:
     """Run, evaluate and save one inversion experiment; returns the JSON written to ``out_dir/result.json``
     (keys :data:`RESULT_KEYS`). ``gallery_resolution``: "reconstruction" (gallery photos resized to the
-    reconstructions' size first) or "native"."""
+    reconstructions' size first) or "native". ``cohort_size``: plain generator samples for the hubness-corrected
+    ``*_znorm`` metrics (0: none)."""
     from frleak.attacks import load_attack
     from frleak.data.splits import MembershipSplit
     from frleak.generators import load_generator
@@ -157,12 +159,20 @@ def run_inversion(target: str | Path, cfg: InversionConfig, out_dir: str | Path,
         if distractors:
             galleries["distractor"] = Gallery.from_samples(evaluator, distractors, **kw)
         exclude_rows = {members.index(s) for s in leaked}
+        cohort = None
+        if cohort_size > 0:
+            cgen = gen if cfg.method != "gan_free" and gen is not None else \
+                PixelGenerator(tuple(runs["method"][1].images.shape[-2:]))  # type: ignore[arg-type]
+            with torch.no_grad():
+                z = cgen.sample_latent(cohort_size, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 - 3))
+                cohort = cgen.synthesize(z).float().cpu()
         for key, (_, r) in runs.items():
             tnames = [names[int(k)] for k in r.target_index] if names is not None else None
             metrics[key] = evaluate_reconstructions(
                 r.images, evaluator=evaluator, member_gallery=galleries["member"],
                 distractor_gallery=galleries.get("distractor"), mode=cfg.mode, targets=tnames,
-                exclude=sorted(exclude_rows), far=far, seed=cfg.seed, batch_size=cfg.batch_size, device=cfg.device)
+                exclude=sorted(exclude_rows), far=far, seed=cfg.seed, batch_size=cfg.batch_size, device=cfg.device,
+                cohort=cohort)
 
     files: dict[str, str] = {}
     threshold = float(getattr(attack_obj, "threshold_", 0.0))
