@@ -494,6 +494,14 @@ def test_cli_end_to_end(cli_files, tmp_path: Path, capsys, mode: str, method: st
         assert z["images"].dtype == np.uint8 and z["images"].shape[0] == (2 if mode == "untargeted" else 4)
 
 
+def test_cli_text_output(cli_files, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    argv = [a for a in _cli(cli_files, tmp_path / "t") if a != "--json"]
+    assert main([*argv, "--method", "gan_free", "--image-size", "16", "--no-control"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gan_free (untargeted): 2 images") and "member share" in out and "result.json" in out
+    assert json.loads((tmp_path / "t" / "result.json").read_text())["control"] is None
+
+
 def test_cli_errors_are_one_line(cli_files, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     bad = tmp_path / "bad_generator.pt"
     torch.save({"foo": torch.zeros(3)}, bad)
