@@ -11,9 +11,10 @@ What "identical to the single-process run" means here (see docs/scale.md, tested
   floating-point summation order of a kernel (e.g. a thread count that differs); with the same kernels and threads
   the result is bitwise equal, otherwise equal within float32 rounding (~1e-6 relative).
 * Training: rank r takes rows ``batch[r::W]`` of every global batch; BatchNorm layers are synchronised
-  (:class:`SyncBatchNorm`: statistics of the *global* batch, CPU and CUDA), each rank's loss is weighted by its share
-  of the batch and DDP averages the gradients, so every step computes the gradient of the same mean loss over the
-  same global batch as one process, and the running statistics follow the global batch too. The result equals the
+  (:class:`SyncBatchNorm2d` and friends on CPU, ``nn.SyncBatchNorm`` on CUDA: statistics of the *global* batch),
+  each rank's loss is weighted by its share of the batch and DDP averages the gradients, so every step computes the
+  gradient of the same mean loss over the same global batch as one process, and the running statistics follow the
+  global batch too. The result equals the
   single-process run up to float32 summation order (reductions split over ranks), which drifts slowly with the
   number of steps: same data order, same steps, same files and model card, weights equal within a small tolerance.
   Not reproduced: dropout masks (drawn per rank; off in the shipped recipes) and a global batch with fewer rows
@@ -290,7 +291,7 @@ def distributed_extract(model: nn.Module, images: RowSource | torch.Tensor, *,
     ``gather_to=None``: every rank gets the full FeatureSet (``all_gather_object``); ``gather_to=k``: only rank k
     does (``gather_object``, less memory) and the others get None. ``device=None`` is this rank's device (see
     :func:`init_distributed`). ``amp``: bf16 autocast on CUDA (ignored on CPU); BN statistics and distances stay
-    float32 (the hooks cast to float). Progress is shown on rank 0 only.
+    float32 (float32 reductions in the hooks). Progress is shown on rank 0 only.
     """
     rank, world = rank_world()
     dev = resolve_device("auto" if device is None else device)
@@ -300,6 +301,8 @@ def distributed_extract(model: nn.Module, images: RowSource | torch.Tensor, *,
         log.info("--amp: mixed precision is for CUDA; extracting in float32 on %s", dev)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and dev.type == "cuda" else nullcontext())
     n = len(images)
+    if n == 0:
+        raise ConfigError("nothing to extract: the image set is empty")
     rows = shard_rows(n, batch_size, rank, world, strategy) if world > 1 else np.arange(n, dtype=np.int64)
     part: FeatureSet | None = None
     if len(rows):
@@ -308,7 +311,6 @@ def distributed_extract(model: nn.Module, images: RowSource | torch.Tensor, *,
             part = extract_features(model, x, kinds=kinds, batch_size=batch_size, device=dev, flip=flip,
                                     layers=layers, progress=progress and rank == 0)
     if world == 1:
-        assert part is not None or n == 0
         return part
     payload = (rows, part)
     if gather_to is None:
