@@ -82,6 +82,16 @@ def recipe_mismatch(target_card: dict[str, Any], shadow_card: dict[str, Any]) ->
             continue
         if tr.get(k) != sr.get(k):
             diffs.append(f"recipe.{k}: target {tr.get(k)!r} vs shadow {sr.get(k)!r}")
-    if target_card.get("defense") != shadow_card.get("defense"):
-        diffs.append(f"defense: target {target_card.get('defense')} vs shadow {shadow_card.get('defense')}")
+    td, sd = _defense_key(target_card), _defense_key(shadow_card)
+    if td != sd:
+        diffs.append(f"defense: target {td} vs shadow {sd}")
     return diffs
+
+
+def _defense_key(card: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """A defense's name and parameters, without its seed and its measured results (which legitimately differ)."""
+    d = card.get("defense")
+    if not d:
+        return None
+    params = {k: v for k, v in (d.get("params") or {}).items() if k != "seed"}
+    return d.get("name", "?"), params

@@ -224,16 +224,20 @@ def train_backbone(
             log.info("resuming from epoch %d of %d (%s)", start_epoch, config.epochs, out / STATE_NAME)
 
     total_steps = config.epochs * steps_per_epoch
-    stopped_early = False
+    stopped_early = bool(ctx.extra_state.get("stopped_early", False))  # a resumed run that had stopped early
     t0 = time.time()
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, config.epochs if not stopped_early else start_epoch):
         stats = _run_epoch(ctx, images, labels, epoch, total_steps, rank, world, progress and rank == 0, callbacks)
         history.append(stats)
-        stop = any(bool(cb.end_epoch(ctx, epoch, stats)) for cb in callbacks if hasattr(cb, "end_epoch"))
+        # a list, not a generator: every callback sees every epoch even when an earlier one asks to stop
+        stop = any([bool(cb.end_epoch(ctx, epoch, stats)) for cb in callbacks if hasattr(cb, "end_epoch")])
         if out is not None and rank == 0:
             _save_state(out / STATE_NAME, ctx, epoch + 1, history)
         if stop:
             stopped_early = True
+            ctx.extra_state["stopped_early"] = True
+            if out is not None and rank == 0:
+                _save_state(out / STATE_NAME, ctx, epoch + 1, history)
             break
     result: dict[str, Any] = {"history": history, "train_seconds": time.time() - t0, "stopped_early": stopped_early,
                               "epochs_run": len(history)}
@@ -295,6 +299,9 @@ def _run_epoch(ctx: TrainContext, images: torch.Tensor, labels: torch.Tensor, ep
         if cfg.flip:
             f = flips[idx]
             x[f] = hflip(x[f])
+        for cb in callbacks:  # e.g. a defense's data augmentation, seeded by (epoch, global image index)
+            if hasattr(cb, "transform_batch"):
+                x = cb.transform_batch(ctx, x, idx, epoch)
         x, y = x.to(device, non_blocking=True), labels[idx].to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
             emb = ctx.model(x)

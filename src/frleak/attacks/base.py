@@ -80,7 +80,7 @@ class MembershipAttack(BaseEstimator):  # type: ignore[misc]
         from frleak.metrics import best_threshold
 
         if not hasattr(self, "threshold_"):
-            self.threshold_ = float(best_threshold(self.score(X), y))
+            self.threshold_ = float(best_threshold(np.asarray(self._score(X), dtype=np.float64), y))
         self.n_features_in_ = self._n_features(X)
         return self
 
