@@ -95,3 +95,17 @@ def _defense_key(card: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         return None
     params = {k: v for k, v in (d.get("params") or {}).items() if k != "seed"}
     return d.get("name", "?"), params
+
+
+def shadow_recipe_from_card(card: dict[str, Any], seed_offset: int = 1) -> tuple[str, dict[str, Any], TrainConfig]:
+    """The shadow's architecture and recipe, copied from the target's model card (paper setting B). The seed is
+    shifted: the attacker does not know the target's seed, and an identical seed would flatter the shadow."""
+    from dataclasses import replace
+
+    arch = card.get("arch") or {}
+    if "name" not in arch or "recipe" not in card:
+        from frleak.errors import CheckpointError
+
+        raise CheckpointError("the target's model card lacks 'arch' or 'recipe': cannot derive a shadow recipe")
+    recipe = TrainConfig.from_dict(card["recipe"])
+    return arch["name"], dict(arch.get("kwargs", {})), replace(recipe, seed=recipe.seed + seed_offset)

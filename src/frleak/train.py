@@ -61,6 +61,9 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = False  # bf16 autocast on CUDA
     drop_last: bool = True  # a tiny last batch would give BatchNorm noisy statistics
+    # BatchNorm running-statistics momentum (PyTorch's default 0.1 = an average over the last ~10 batches);
+    # None keeps the model's own. A knob of the leak: see benchmarks/signal_study.py.
+    bn_momentum: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,6 +191,10 @@ def train_backbone(
     torch.manual_seed(config.seed)
     labels = labels.long()
     num_classes = int(labels.max()) + 1
+    if config.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = config.bn_momentum
     model.to(device)
     head_cls = HEADS.get(config.head)
     head_kwargs = dict(config.head_kwargs) if config.head in ("arcface", "cosface") else {}
