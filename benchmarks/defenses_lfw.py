@@ -1,0 +1,133 @@
+"""Defense benchmark on real faces (issue 5): every defense on the same LFW split and seed, attacked by the paper's
+attack, the strongest attacks and the non-BN baselines in settings A and B (naive and adaptive attacker), with the
+released model's utility; JSON + Markdown.
+
+  python benchmarks/defenses_lfw.py --preset smoke       # <= 5 min on 2 CPU cores: 5 fast defenses, a small subset
+  python benchmarks/defenses_lfw.py --preset cpu         # the calibration target of mia_lfw.py's cpu preset, all
+                                                         # 10 defenses: hours on 2 CPU cores (resumable), or
+  python benchmarks/defenses_lfw.py --preset cpu --device cuda
+  python benchmarks/defenses_lfw.py --preset cpu --defenses none,bn_reestimate,bn_noise   # a subset
+  python benchmarks/defenses_lfw.py --preset cpu --reuse-target benchmarks/results/_work/cpu/target \\
+      --reuse-shadow benchmarks/results/_work/cpu/shadow      # the undefended models of mia_lfw.py --preset cpu
+
+Trained models, the split and per-defense results are kept in --work (default <out>/_work/defenses_<preset>): a
+re-run skips every defense whose model and results are there, and resumes an interrupted training. Results:
+<out>/defenses_lfw_<preset>.json and .md (keys in benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, Timer, machine, write_results  # noqa: E402
+from frleak.config import expand_path  # noqa: E402
+from frleak.data.prepare import build_split  # noqa: E402
+from frleak.data.splits import MembershipSplit  # noqa: E402
+from frleak.defense_eval import ALL_DEFENSES, DefenseEvalConfig, render_markdown, run_defense_study  # noqa: E402
+from frleak.errors import ConfigError  # noqa: E402
+from mia_lfw import PRESETS as MIA_PRESETS  # noqa: E402
+from mia_lfw import Preset  # noqa: E402
+
+
+@dataclass(frozen=True)
+class DefensePreset:
+    model: Preset  # backbone, recipe and data: mia_lfw.py's preset of the same name (same split, same target)
+    study: DefenseEvalConfig
+
+
+PRESETS: dict[str, DefensePreset] = {
+    # mia_lfw's smoke subset (40 LFW identities x 12 images, quarter-width IResNet-18 at 32x32, 8 epochs); the
+    # defenses that cost at most one more training of this small target
+    "smoke": DefensePreset(MIA_PRESETS["smoke"], DefenseEvalConfig(
+        defenses=("none", "bn_reestimate", "bn_noise", "groupnorm", "label_smoothing"), n_boot=200,
+        public_images=300, attacker_public_images=300)),
+    # the calibration target (half-width IResNet-18 at 64x64, 15 epochs, 158 LFW identities), every defense; the
+    # adaptive attacker also retrains its shadow with each training-stage defense
+    "cpu": DefensePreset(MIA_PRESETS["cpu"], DefenseEvalConfig(defenses=ALL_DEFENSES, n_boot=1000,
+                                                               adaptive_training=True)),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where the JSON and Markdown go")
+    p.add_argument("--work", type=Path,
+                   help="models, split, per-defense results (default <out>/_work/defenses_<preset>)")
+    p.add_argument("--defenses",
+                   help=f"comma-separated subset (default: the preset's); known: {', '.join(ALL_DEFENSES)}")
+    p.add_argument("--attacks", help="comma-separated attacks (default: the preset's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, help="override the preset's training epochs")
+    p.add_argument("--split", type=Path, help="use this split.json instead of building one")
+    p.add_argument("--reuse-target", type=Path, help="undefended target folder trained on the same split and recipe "
+                   "(e.g. benchmarks/results/_work/cpu/target of mia_lfw.py); checked against split and card")
+    p.add_argument("--reuse-shadow", type=Path, help="undefended shadow folder, likewise")
+    adapt = p.add_mutually_exclusive_group()
+    adapt.add_argument("--adaptive-training", dest="adaptive_training", action="store_true", default=None,
+                       help="retrain the adaptive attacker's shadow with every training-stage defense")
+    adapt.add_argument("--no-adaptive-training", dest="adaptive_training", action="store_false")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    preset = PRESETS[args.preset]
+    mp = preset.model
+    train = replace(mp.train, seed=args.seed, device=args.device, amp=mp.train.amp and args.device.startswith("cuda"))
+    if args.epochs:
+        train = replace(train, epochs=args.epochs)
+    study_cfg = replace(preset.study, device=args.device, batch_size=mp.batch_size)
+    if args.defenses:
+        study_cfg = replace(study_cfg, defenses=tuple(d.strip() for d in args.defenses.split(",") if d.strip()))
+    if args.attacks:
+        study_cfg = replace(study_cfg, attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()))
+    if args.adaptive_training is not None:
+        study_cfg = replace(study_cfg, adaptive_training=args.adaptive_training)
+    work = args.work or args.out / "_work" / f"defenses_{args.preset}"
+    split_file = args.split
+    if split_file is None and args.reuse_target is not None and (args.reuse_target.parent / "split.json").is_file():
+        split_file = args.reuse_target.parent / "split.json"  # mia_lfw.py keeps it beside target/
+    split = MembershipSplit.load(split_file) if split_file else build_split(mp.data, args.seed)
+    if args.reuse_target is None and args.reuse_shadow is not None:
+        raise ConfigError("--reuse-shadow needs --reuse-target (the shadow copies that target's recipe)")
+    timer = Timer()
+    verification = expand_path(mp.data.verification) if mp.data.verification else None
+    res = run_defense_study(split, work, backbone=mp.backbone, options=mp.options, train=train, config=study_cfg,
+                            verification=verification, verification_pairs=mp.data.verification_pairs,
+                            target_dir=args.reuse_target, shadow_dir=args.reuse_shadow, progress=not args.quiet,
+                            extra_card={"benchmark": f"defenses_lfw/{args.preset}"})
+    timer.mark("done")
+    payload = {
+        "benchmark": "defenses_lfw", "preset": args.preset, "seed": args.seed,
+        "config": {"backbone": mp.backbone, "options": mp.options, "train": train.to_dict(),
+                   "data": asdict(mp.data), "study": asdict(study_cfg)},
+        "split": {"digest": split.digest(), **{m: s.summary() for m, s in split.models().items()}},
+        "target": res["target"], "shadow": res["shadow"],
+        "results": res["results"], "defenses": res["defenses"],
+        "timing_s": {**timer.marks, **res["timing"]}, "machine": machine(),
+    }
+    t = split.target.summary()
+    intro = [f"Target: {mp.backbone} {mp.options}, {t['members']['images']} member images of "
+             f"{t['members']['identities']} LFW identities, {train.epochs} epochs, seed {args.seed}; split "
+             f"{split.digest()}. Utility: verification accuracy ± std over 10 folds on {mp.data.verification_pairs} "
+             f"seeded random pairs of identity-disjoint people ({mp.data.verification}). Release defenses use "
+             f"{study_cfg.public_images} public images of LFW people outside the split; the adaptive attacker "
+             f"re-estimates/noises its shadow with {study_cfg.attacker_public_images} CelebA images outside the split. "
+             f"Time: {payload['timing_s']} s.", ""]
+    md = render_markdown(res, study_cfg, f"defenses_lfw, preset `{args.preset}`", intro)
+    j, m = write_results(args.out, f"defenses_lfw_{args.preset}", payload, md)
+    print(md)
+    print(f"\nwrote {j} and {m}")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    sys.exit(main())
