@@ -158,7 +158,7 @@ def render_markdown(p: dict[str, Any]) -> str:
     ]
     if na:
         lines += ["", "Not applicable: " + "; ".join(f"{r['attack']} ({r['setting']}, {r['nonmember']}): "
-                                                      f"{r['status']}" for r in na)]
+                                                      f"{r['status'].removeprefix('not applicable: ')}" for r in na)]
     if p["identity_level"]:
         lines += ["", "## Identity level (k photos never trained on, member people vs unseen people)", "",
                   markdown_table(p["identity_level"], [("setting", "setting"), ("attack", "attack"), ("k", "k"),

@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--work", type=Path)
     p.add_argument("--n-boot", type=int, default=200)
+    p.add_argument("--rerender", type=Path, help="only rewrite the Markdown of this signal_study.json")
     args = p.parse_args(argv)
+    if args.rerender:
+        rerender(args.rerender)
+        return 0
     logging.basicConfig(level=logging.WARNING)
     work = args.work or args.out / "_work" / "signal_study"
     base_split = MembershipSplit.load(args.split) if args.split else build_split(DataConfig(), 0)
@@ -119,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
             extras["layer_auc"] = la
             extras["late_batches"] = {str(n): late_batch_auc(split.target, pool, cfg, n) for n in (1, 5, 10, 30)}
         print(f"{name}: done in {time.time() - t0:.0f}s", flush=True)
+    md = render(rows, extras)
+    write_results(args.out, "signal_study", {"results": rows, **extras, "machine": machine()}, md)
+    print(md)
+    return 0
+
+
+def render(rows: list[dict[str, Any]], extras: dict[str, Any]) -> str:
     cols = [("variant", "variant"), ("epochs", "epochs"), ("BN mom.", "bn_momentum"), ("batch", "batch_size"),
             ("members", "members"), ("train acc", "train_acc"), ("non-members", "nonmember"), ("attack", "attack"),
             ("AUC", "auc"), ("TPR@1%FPR", "tpr_at_1pct_fpr"), ("TPR@10%FPR", "tpr_at_10pct_fpr")]
@@ -130,12 +141,24 @@ def main(argv: list[str] | None = None) -> int:
                               [("last batches of the last epoch", "last batches"), ("members in them", "late_members"),
                                ("AUC late members", "auc_late_vs_same_identity"),
                                ("AUC other members", "auc_early_vs_same_identity")])]
+    if "layer_auc" in extras:
+        md += ["", "## Which layers (base model): single-layer AUC, either direction", "",
+               "AUC of the score -d_i (members closer to the running mean); values below 0.5 mean members are "
+               "FARTHER from it. Strongest five layers per kind (layer index in module order, AUC of -d_i):", ""]
         for kind, aucs in extras["layer_auc"].items():
-            top = np.argsort(aucs)[::-1][:5]
-            md += ["", f"Top single layers vs {kind}: " + ", ".join(f"#{i} ({aucs[i]:.3f})" for i in top)]
-    write_results(args.out, "signal_study", {"results": rows, **extras, "machine": machine()}, "\n".join(md))
-    print("\n".join(md))
-    return 0
+            a = np.asarray(aucs)
+            top = np.argsort(-np.abs(a - 0.5))[:5]
+            md.append(f"- {kind}: " + ", ".join(f"#{i} ({a[i]:.3f}, members {'closer' if a[i] > 0.5 else 'farther'})"
+                                                for i in top))
+    return "\n".join(md)
+
+
+def rerender(path: Path) -> None:
+    """Rewrite the Markdown of an existing signal_study.json (e.g. one produced on a GPU machine)."""
+    import json
+
+    d = json.loads(path.read_text())
+    path.with_suffix(".md").write_text(render(d["results"], d) + "\n")
 
 
 if __name__ == "__main__":

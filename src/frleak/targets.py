@@ -46,7 +46,8 @@ def utility_fn(verification_root: str | None, n_pairs: int, seed: int, exclude: 
         ids = None
         if exclude:
             ids = sorted({s.identity for s in scan_identity_folder(verification_root)} - exclude)
-        r = verify_folder(model, verification_root, n_pairs=n_pairs, seed=seed, identities=ids)
+        device = next(model.parameters()).device  # verify where the model is (cuda after GPU training)
+        r = verify_folder(model, verification_root, n_pairs=n_pairs, seed=seed, identities=ids, device=device)
         return {"verification_accuracy": r["accuracy"], "verification_accuracy_std": r["accuracy_std"],
                 "tar_at_far_1e-3": r["tar_at_far_1e-3"], "verification_auc": r["auc"],
                 "verification_set": str(verification_root), "verification_pairs": r["n_pairs"]}
