@@ -151,3 +151,15 @@ def write_plots(out: Path, pool: ModelPool, layer_names: Sequence[str],
         paths["identity_level"] = str(plot_metric_vs_k(series, out / "identity_level.png",
                                                        title="Identity-level membership vs photos per person"))
     return paths
+
+
+def fit_full(pool: ModelPool, kind: str, attack: str, *, seed: int = 0,
+             params: dict[str, Any] | None = None) -> Any:
+    """Fit one attack on ALL of the target's balanced members vs ``kind`` (setting A), e.g. to guide stage 2 or to
+    score new images; evaluation numbers always come from the cross-fitted :func:`run_membership` instead."""
+    from frleak.attacks import create_attack
+    from frleak.attacks.base import take
+    from frleak.evaluation import balanced_indices
+
+    idx, y = balanced_indices(pool, kind, seed)
+    return create_attack(attack, **(params or {})).fit(take(pool.inputs, idx), y)
