@@ -345,7 +345,8 @@ def _mean_std(v: list[float]) -> tuple[float, float]:
 
 def aggregate(per_seed: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per (method, mode): mean, std (over seeds, ddof 1) and per-seed values of every metric; the control
-    run's means beside them (``control_values``) and the paired per-seed difference (``delta``, ``delta_std``);
+    run's means beside them (``control_values``, ``control_std``) and the paired per-seed difference (``delta``,
+    ``delta_std``, ``delta_per_seed``);
     untargeted rows also pool the reconstructions of all seeds (member share, a one-sided Fisher exact test
     against the control's pooled share, identities recovered in any seed)."""
     from scipy.stats import fisher_exact
@@ -367,13 +368,15 @@ def aggregate(per_seed: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]
         row["std"], row["per_seed"] = std, per
         ctrl = [s[spec.control] for s in per_seed] if spec.control and spec.control in per_seed[0] else None
         if ctrl is not None:
-            row["control_values"], row["control_std"], row["delta"], row["delta_std"] = {}, {}, {}, {}
+            for name in ("control_values", "control_std", "delta", "delta_std", "delta_per_seed"):
+                row[name] = {}
             for k in keys:
                 if k not in ctrl[0]["values"]:
                     continue
                 c = [r["values"][k] for r in ctrl]
                 row["control_values"][k], row["control_std"][k] = _mean_std(c)
-                row["delta"][k], row["delta_std"][k] = _mean_std([a - b for a, b in zip(per[k], c)])
+                row["delta_per_seed"][k] = [a - b for a, b in zip(per[k], c)]
+                row["delta"][k], row["delta_std"][k] = _mean_std(row["delta_per_seed"][k])
         if spec.mode == "untargeted":
             n, m = sum(r["counts"]["n"] for r in recs), sum(r["counts"]["member"] for r in recs)
             pooled: dict[str, Any] = {"n": n, "member": m, "member_share": m / n,
@@ -418,7 +421,8 @@ def render_markdown(p: dict[str, Any]) -> str:
     u = t.get("utility") or {}
     lines = [
         f"# inversion_lfw, preset `{p['preset']}` (seeds {cfg['seeds']})", "",
-        f"Target: `{t['path']}` ({t.get('arch')}, {t.get('num_images')} member images of {t.get('identities')} LFW "
+        f"Target: `{t['path']}` ({(t.get('arch') or {}).get('name')} {(t.get('arch') or {}).get('kwargs')}, "
+        f"{t.get('num_images')} member images of {t.get('identities')} LFW "
         f"identities, verification {u.get('verification_accuracy', float('nan')):.3f}). Generator "
         f"`{cfg['generator']}`; evaluator: {e['evaluator']} (independent of the target).",
         f"Guiding attack: `{a['attack']}`, setting A, fitted on {a['n_per_class']} member vs {a['n_per_class']} "
@@ -427,7 +431,7 @@ def render_markdown(p: dict[str, Any]) -> str:
         f"**{a['heldout_auc']:.3f} held out** on the evaluation identities.",
         f"Evaluation: {e['member_identities']} member vs {e['distractor_identities']} unseen LFW identities "
         f"(chance member share 0.5), evaluator threshold at FAR 1e-3 {e.get('threshold', float('nan')):.3f} "
-        f"(resolved: {e.get('far_resolved')}). Budget: {cfg['preset']}. Wall time {p['timing_s'].get('total', '?')} s.",
+        f"(resolved: {e.get('far_resolved')}).", _budget(cfg["preset"], p["timing_s"].get("total", "?")),
         "", "Mean ± std over seeds; `ctrl` = the control (same generator, budget and seed, no membership term), "
         "Δ = paired mean difference to it.", "", "## Untargeted", "",
     ]
@@ -457,7 +461,29 @@ def render_markdown(p: dict[str, Any]) -> str:
         lines += _table(tg, [("method", "method"), ("control", "control"), ("top-1", "top1"), ("top-5", "top5"),
                              ("knn dist", "knn_dist"), ("target cos", "mean_target_cos"),
                              ("attack logit", "mean_membership_logit")])
+    lines += ["", "## Membership term vs its control", ""] + [_verdict(r) for r in p["results"] if r.get("delta")]
     return "\n".join(lines)
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    """One line per row with a control: the paired difference of its headline metrics and in how many seeds the
+    method beat its control (for knn_dist lower is better)."""
+    keys = ("member_share", "member_share_znorm", "identities_recovered") if r["mode"] == "untargeted" else \
+        ("top1", "top5", "knn_dist")
+    parts = []
+    for k in keys:
+        if k in r["delta"]:
+            wins = sum((d < 0) if k == "knn_dist" else (d > 0) for d in r["delta_per_seed"][k])
+            parts.append(f"Δ {k} {r['delta'][k]:+.3f} ± {r['delta_std'][k]:.3f} (better in {wins}/{len(r['seeds'])} "
+                         f"seeds)")
+    return f"* {r['method']} ({r['mode']}) vs {r['control']}: " + "; ".join(parts) + "."
+
+
+def _budget(b: dict[str, Any], total: Any) -> str:
+    return (f"Budget per seed: untargeted {b['n_images']} faces from {b['candidates']} candidates "
+            f"({2 * b['n_images']} optimised, {b['steps']} steps); GAN-free {b['gan_free_n_images']} of "
+            f"{2 * b['gan_free_n_images']} pixel images, {b['gan_free_steps']} steps; targeted {b['targets']} targets "
+            f"x {b['n_per_target']} faces from {b['targeted_candidates']} candidates each. Wall time {total} s.")
 
 
 def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> list[str]:

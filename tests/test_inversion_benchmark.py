@@ -81,6 +81,7 @@ def test_aggregate_against_hand_computation() -> None:
     diff = np.subtract(share_g, share_c)
     assert g["delta"]["member_share"] == pytest.approx(diff.mean())
     assert g["delta_std"]["member_share"] == pytest.approx(diff.std(ddof=1))
+    assert g["delta_per_seed"]["member_share"] == pytest.approx(diff.tolist())
     m, cm = sum(int(v * 8) for v in share_g), sum(int(v * 8) for v in share_c)
     assert g["pooled"]["member"] == m and g["pooled"]["n"] == 24
     assert g["pooled"]["fisher_p_greater"] == pytest.approx(fisher_exact([[m, 24 - m], [cm, 24 - cm]],
@@ -148,5 +149,6 @@ def test_run_benchmark_end_to_end(tiny_target: tuple[Path, Path], tmp_path: Path
     md = bench.render_markdown(payload)
     for method in ("guided", "unguided", "template_membership", "gan_free"):
         assert f"| {method} |" in md
+    assert "* guided (untargeted) vs unguided: Δ member_share" in md
     json.dumps(payload, default=str)  # JSON-able as written by write_results
     assert len(list(tmp_path.glob("reconstructions_seed*.npz"))) == 2
