@@ -225,3 +225,132 @@ def expand_path(path: str, shared: Path | None = None) -> str:
 
         shared = shared_dir(required=True)
     return path.replace("${shared}", str(shared))
+
+
+# ---- frleak audit: one experiment end to end (docs/audit.md) ----------------------------------------------------
+_ALL_ATTACKS = ("paper_bn_linear", "bn_mean_threshold", "embedding_nn", "embedding_norm", "flip_consistency",
+                "bn_rich_linear", "bn_calibrated", "bn_gbm", "frleak_strong")
+_KINDS = ("same_identity", "unseen_identity", "other_dataset")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """What is audited. ``train: true`` (mode a): frleak trains the target on ``data.target`` with ``model`` and
+    ``train``. ``train: false`` (mode b): the model at ``model.weights`` is audited as is; ``members`` (images it
+    was trained on) and ``nonmembers`` (images it never saw) are identity folders the user provides."""
+
+    train: bool = True
+    members: str | None = None
+    nonmembers: str | None = None
+    other: str | None = None  # optional non-members from another dataset (dataset shift; never the headline)
+    max_per_identity: int | None = None  # cap images per identity taken from the folders above
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    """The attacker's shadow model (paper setting B), trained on ``data.shadow`` (auxiliary data)."""
+
+    train: bool = True  # false: no shadow, setting B and the calibrated attacks are skipped
+    recipe: str = "auto"  # "card": copy the target's model card; "config": model + train; "auto": card if any
+    seed_offset: int = 1  # the attacker does not know the target's seed
+    verification: str | None = None  # identity folder to measure the shadow's own utility (None: skip)
+
+
+@dataclass(frozen=True)
+class MembershipStageConfig:
+    """Stage 1: which attacks, settings and non-member kinds (see frleak.membership.MembershipConfig)."""
+
+    attacks: tuple[str, ...] = _ALL_ATTACKS
+    settings: tuple[str, ...] = ("A", "B")
+    kinds: tuple[str, ...] = _KINDS
+    folds: int = 5
+    n_boot: int = 1000
+    identity_ks: tuple[int, ...] = (1, 2, 4, 8)
+    identity_attacks: tuple[str, ...] = ("paper_bn_linear", "frleak_strong")
+    batch_size: int = 128
+    attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # OpenMP threads of the attack models (scikit-learn's gradient boosting): attack data are small, and threads
+    # cost more than they give there, ~6x more on a busy machine (measured); None: the library default
+    attack_threads: int | None = 1
+
+
+@dataclass(frozen=True)
+class InversionStageConfig:
+    """Stage 2: GAN inversion guided by a stage-1 attack, evaluated by an independent model (docs/inversion.md)."""
+
+    enabled: bool = True
+    generator: str = "dcgan32_celeba"
+    generator_weights: str | None = None  # None: the generator's shared weights
+    generator_options: dict[str, Any] = field(default_factory=dict)
+    attack: str = "paper_bn_linear"  # the guiding attack: must have a closed form (linear / threshold)
+    attack_setting: str = "A"  # "A": fitted on the target's own members; "B": on the shadow
+    attack_nonmember: str = "same_identity"  # the non-member kind the guiding attack is fitted against
+    method: str = "guided"
+    mode: str = "untargeted"
+    n_images: int = 8
+    candidates: int = 64
+    n_optimize: int | None = None
+    steps: int = 50
+    targets: int = 4  # member identities attacked in targeted mode
+    control: bool = True
+    evaluator_weights: str | None = None  # None: the shared MobileFaceNet
+    evaluator_backbone: str | None = None
+    cohort: int = 32
+    gallery_max_per_identity: int | None = 4
+    far: float = 1e-3
+    batch_size: int = 64
+    options: dict[str, Any] = field(default_factory=dict)  # further InversionConfig fields (lr, *_weight, ...)
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None  # shown in the report and names the run folder (default: name)
+
+
+@dataclass(frozen=True)
+class DefensesConfig:
+    """Defenses applied to the target (and, adaptively, to the attacker's shadow), each measured like the target."""
+
+    apply: list[DefenseSpec] = field(default_factory=list)
+    # public images for release-time defenses: identities of this pool that the split does not use, halved into
+    # the defender's and the attacker's own public data
+    public: PoolConfig | None = field(default_factory=lambda: PoolConfig(_LFW, min_images=1, max_images=1))
+    public_images: int = 512  # per side
+    adaptive: bool = True  # the attacker defends its shadow the same way (docs/defenses.md)
+    attacks: tuple[str, ...] | None = None  # None: membership.attacks
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    title: str = "frleak audit"
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """``frleak audit``: data -> split -> target / shadow -> BN features -> attacks -> inversion -> defenses ->
+    report. Every key is documented in docs/audit.md."""
+
+    name: str = "audit"
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    expected_minutes: float | None = None  # announced before the run starts
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
+    membership: MembershipStageConfig = field(default_factory=MembershipStageConfig)
+    inversion: InversionStageConfig = field(default_factory=InversionStageConfig)
+    defenses: DefensesConfig = field(default_factory=DefensesConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def validate(self) -> AuditConfig:
+        """Check values (not only types); raises a ConfigError naming the key. Returns self."""
+        from frleak.pipeline.validate import validate_audit_config
+
+        validate_audit_config(self)
+        return self
