@@ -70,7 +70,8 @@ def late_batch_auc(split: ModelSplit, pool: Any, cfg: TrainConfig, n_last: int) 
     s_mem, s_non = s[: len(mem)], s[len(mem):]
     return {
         "late_members": int(is_late.sum()),
-        "auc_late_vs_same_identity": auc(np.r_[s_mem[is_late], s_non], np.r_[np.ones(is_late.sum()), np.zeros(len(s_non))]),
+        "auc_late_vs_same_identity": auc(np.r_[s_mem[is_late], s_non],
+                                         np.r_[np.ones(is_late.sum()), np.zeros(len(s_non))]),
         "auc_early_vs_same_identity": auc(np.r_[s_mem[~is_late], s_non],
                                           np.r_[np.ones((~is_late).sum()), np.zeros(len(s_non))]),
     }

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.conftest import small_identity_folder
 
 from frleak.cli import main
-from tests.conftest import small_identity_folder
 
 MICRO = [
     "--set", "data.unseen.min_images=2", "--set", "data.unseen.max_images=null", "--set", "data.unseen.identities=6",

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.conftest import small_identity_folder
 
 from frleak.config import DataConfig, PoolConfig
 from frleak.data.folder import Sample, scan_identity_folder
 from frleak.data.prepare import build_split
-from frleak.data.splits import MembershipSplit, ModelSplit, ROLES
+from frleak.data.splits import ROLES, MembershipSplit, ModelSplit
 from frleak.errors import DataError
-from tests.conftest import small_identity_folder
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import small_identity_folder
 
 from frleak.data.folder import scan_identity_folder
 from frleak.data.prepare import load_training_set
 from frleak.errors import CheckpointError, ConfigError
 from frleak.models import create_backbone
 from frleak.train import TrainConfig, train_backbone
-from tests.conftest import small_identity_folder
 
 CFG = TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0.5, head_kwargs={"s": 16.0, "m": 0.2}, seed=3)
 

@@ -189,6 +189,7 @@ def identity_level(target: ModelPool, attacks: Sequence[str], *, ks: Sequence[in
                     agg = aggregate_by_group(s, groups, k, "mean", seed=seed, n_draws=n_draws, labels=y)
                 except ValueError:
                     continue
+                assert agg.labels is not None
                 n_id = len(agg.scores) // n_draws
                 if len(np.unique(agg.labels[:n_id])) < 2:
                     continue

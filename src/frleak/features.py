@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
-from frleak.data.images import hflip, normalize
+from frleak.data.images import InputSpec, hflip, normalize
 from frleak.errors import ConfigError, FrleakError
 
 KINDS = ("paper", "normalized", "variance", "channels")
@@ -93,9 +94,9 @@ def channel_deviation(mean: torch.Tensor, running_mean: torch.Tensor, running_va
 
 
 # ---- hooks -----------------------------------------------------------------------------------------------------
-def bn_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._NormBase]]:
+def bn_layers(model: nn.Module) -> list[tuple[str, _NormBase]]:
     """BatchNorm layers with running statistics, in module order. Raises FrleakError when there are none."""
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, _BN)
+    layers: list[tuple[str, _NormBase]] = [(n, m) for n, m in model.named_modules() if isinstance(m, _BN)
               and m.track_running_stats and m.running_mean is not None]
     if not layers:
         raise FrleakError(
@@ -143,7 +144,7 @@ def capture_bn_inputs(model: nn.Module, layers: Sequence[str] | None = None, wit
             h.remove()
 
 
-def _select(all_layers: list[tuple[str, nn.Module]], layers: Sequence[str]) -> dict[str, nn.Module]:
+def _select(all_layers: Sequence[tuple[str, _NormBase]], layers: Sequence[str]) -> dict[str, _NormBase]:
     by_name = dict(all_layers)
     missing = [n for n in layers if n not in by_name]
     if missing:
@@ -246,8 +247,9 @@ class FeatureSet:
         from frleak.io import atomic_write_bytes
 
         buf = io.BytesIO()
-        np.savez(buf, embeddings=self.embeddings, layer_names=np.array(self.layer_names),
-                 meta=np.array(json.dumps(self.meta)), **{f"feat_{k}": v for k, v in self.features.items()})
+        arrays = {"embeddings": self.embeddings, "layer_names": np.array(self.layer_names),
+                  "meta": np.array(json.dumps(self.meta)), **{f"feat_{k}": v for k, v in self.features.items()}}
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -274,7 +276,7 @@ def extract_features(model: nn.Module, images: torch.Tensor, *, kinds: Sequence[
     ``flip=True`` averages the features of each image and its mirror (the model was trained with flips, so both
     views carry the membership signal). The model (mode, buffers, hooks) is exactly as before afterwards.
     """
-    spec = model.input_spec  # type: ignore[attr-defined]
+    spec: InputSpec = getattr(model, "input_spec")  # noqa: B009 - every frleak backbone has one
     names = [n for n, _ in bn_layers(model)] if layers is None else list(layers)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     embs: list[np.ndarray] = []

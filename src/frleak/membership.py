@@ -56,11 +56,11 @@ def build_pool(model: torch.nn.Module, ms: ModelSplit, reference: torch.nn.Modul
                device: str = "cpu", progress: bool = True) -> tuple[ModelPool, FeatureSet]:
     """Attack inputs of ``model`` on every image of its split (all roles), with ``reference`` distances."""
     samples, roles, ids = split_pool_samples(ms)
-    images = load_images(samples, model.input_spec, progress=progress)  # type: ignore[arg-type]
+    images = load_images(samples, model.input_spec, progress=progress)
     inputs, fs = model_inputs(model, images, batch_size=batch_size, device=device, progress=progress)
     if reference is not None:
-        ref_inputs, _ = model_inputs(reference, load_images(samples, reference.input_spec)  # type: ignore[arg-type]
-                                     if reference.input_spec != model.input_spec else images,  # type: ignore[union-attr]
+        ref_inputs, _ = model_inputs(reference, load_images(samples, reference.input_spec)
+                                     if reference.input_spec != model.input_spec else images,
                                      batch_size=batch_size, device=device, progress=progress)
         inputs = with_reference(inputs, ref_inputs)
     return ModelPool(inputs, roles, ids), fs

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from frleak.data.images import hflip, normalize
+from frleak.data.images import InputSpec, hflip, normalize
 from frleak.errors import CheckpointError, ConfigError
 from frleak.io import atomic_torch_save, atomic_write_json
 from frleak.models.base import Backbone
@@ -275,7 +275,7 @@ def _run_epoch(ctx: TrainContext, images: torch.Tensor, labels: torch.Tensor, ep
                rank: int, world: int, progress: bool, callbacks: Sequence[Any]) -> dict[str, float]:
     cfg = ctx.config
     device = torch.device(cfg.device)
-    spec = ctx.model.module.input_spec if hasattr(ctx.model, "module") else ctx.model.input_spec
+    spec: InputSpec = getattr(_unwrap(ctx.model), "input_spec")  # noqa: B009
     ctx.model.train()
     ctx.head.train()
     torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout and any other in-model randomness, per epoch

@@ -53,12 +53,12 @@ def log_distance(d: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(d, 0.0) + _TINY)
 
 
-class MembershipAttack(BaseEstimator):  # type: ignore[misc]
+class MembershipAttack(BaseEstimator):
     """Base class. Subclasses set ``requires`` (feature groups) and implement ``_fit`` / ``_score``."""
 
     requires: ClassVar[tuple[str, ...]] = ()
     #: what the attacker must hold beyond the target (shown in reports)
-    knowledge: ClassVar[str] = "white-box backbone"
+    knowledge: str = "white-box backbone"
 
     def _check_inputs(self, X: AttackInputs | np.ndarray) -> None:
         if isinstance(X, np.ndarray):

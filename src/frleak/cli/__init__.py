@@ -15,7 +15,8 @@ from frleak import __version__
 from frleak.errors import FrleakError
 
 # Subcommand modules, in the order ``frleak --help`` lists them.
-COMMANDS = ("train", "verify", "mia", "invert", "defend", "audit", "demo", "align", "data", "rec", "extract", "list_cmd")
+COMMANDS = ("train", "verify", "mia", "invert", "defend", "audit", "demo", "align", "data", "rec", "extract",
+            "list_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

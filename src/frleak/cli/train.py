@@ -1,7 +1,8 @@
 """``frleak train``: train a target (or the attacker's shadow) face recognition model on its membership split.
 
   frleak train --config configs/train_lfw_cpu.yaml --out runs/lfw/target
-  frleak train --config configs/train_lfw_cpu.yaml --out runs/lfw/shadow --role shadow --split runs/lfw/target/split.json
+  frleak train --config configs/train_lfw_cpu.yaml --out runs/lfw/shadow --role shadow \
+      --split runs/lfw/target/split.json
   frleak train ... --set train.epochs=3 --set model.backbone=iresnet34
 
 Writes OUT/split.json (unless --split is given), OUT/train_state.pt every epoch (re-run the same command to resume),

@@ -44,11 +44,11 @@ class InputSpec:
     def from_dict(cls, d: dict[str, Any]) -> InputSpec:
         crop = d.get("crop")
         return cls(
-            size=tuple(d["size"]),  # type: ignore[arg-type]
-            crop=tuple(crop) if crop is not None else None,  # type: ignore[arg-type]
+            size=tuple(d["size"]),
+            crop=tuple(crop) if crop is not None else None,
             mean=float(d["mean"]),
             std=float(d["std"]),
-            aligned_size=tuple(d.get("aligned_size", (112, 112))),  # type: ignore[arg-type]
+            aligned_size=tuple(d.get("aligned_size", (112, 112))),
         )
 
 
