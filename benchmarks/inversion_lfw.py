@@ -117,13 +117,6 @@ RUNS: tuple[RunSpec, ...] = (
 )
 SPECS = {r.label: r for r in RUNS}
 
-UNTARGETED_KEYS = ("member_share", "member_share_znorm", "identities_recovered", "identities_recovered_znorm",
-                   "distractor_ids_recovered", "accepted_share", "distinct_nearest_share", "mean_nearest_member_cos",
-                   "mean_nearest_distractor_cos", "mean_membership_logit", "attack_member_rate")
-TARGETED_KEYS = ("top1", "top5", "knn_dist", "knn_cos", "mean_target_cos", "targets_recovered", "chance_top1",
-                 "chance_top5", "mean_template_cos", "mean_membership_logit", "attack_member_rate")
-
-
 # ---- inputs: target, split, attacker / evaluation identities, the guiding attack --------------------------------
 def ensure_stage1_target(stage1: str, work: Path, device: str, progress: bool) -> tuple[Path, Path]:
     """The target of ``mia_lfw.py --preset stage1`` in ``work`` (its split in ``work/split.json``); trains it exactly
@@ -192,11 +185,15 @@ def fit_guidance_attack(pool: ModelPool, part: dict[str, list[str]], seed: int) 
     attack = create_attack(ATTACK).fit(take(pool.inputs, idx), y)
     ev = np.r_[_rows(pool, "members", part["eval_members"]), _rows(pool, NONMEMBER_KIND, part["eval_unseen"])]
     y_ev = (pool.roles[ev] == "members").astype(int)
+    score_ev = attack.score(take(pool.inputs, ev))
     info = {"attack": ATTACK, "setting": "A", "nonmember": NONMEMBER_KIND, "n_per_class": int(n),
             "attacker_member_identities": len(part["attacker_members"]),
             "attacker_unseen_identities": len(part["attacker_unseen"]),
             "train_auc": auc(attack.score(take(pool.inputs, idx)), y),
-            "heldout_auc": auc(attack.score(take(pool.inputs, ev)), y_ev),
+            "heldout_auc": auc(score_ev, y_ev),
+            # the logit scale of real photos, to set the reconstructions' logits against
+            "heldout_mean_logit_members": float(score_ev[y_ev == 1].mean()),
+            "heldout_mean_logit_unseen": float(score_ev[y_ev == 0].mean()),
             "heldout_members": int(y_ev.sum()), "heldout_nonmembers": int(len(y_ev) - y_ev.sum()),
             "threshold": float(attack.threshold_)}
     return attack, info
@@ -242,7 +239,9 @@ def _cohort(gen: Generator, n: int, seed: int) -> torch.Tensor | None:
 
 
 def flat_metrics(res: InversionResult, metrics: dict[str, Any], mode: str, threshold: float) -> dict[str, float]:
-    """The row numbers of one run: evaluator metrics plus the attack's own verdict (``summary``)."""
+    """The row numbers of one run: evaluator metrics, the attack's own verdict (``summary``) and the images'
+    colour saturation (mean over pixels of the standard deviation across R, G, B, in [0, 1] units: the attack
+    logit is easy to inflate with adversarial colour, docs/inversion.md)."""
     s = res.summary(threshold)
     out: dict[str, float] = {}
     if mode == "untargeted":
@@ -261,6 +260,7 @@ def flat_metrics(res: InversionResult, metrics: dict[str, Any], mode: str, thres
     for k in ("mean_membership_logit", "attack_member_rate", "mean_template_cos"):
         if k in s:
             out[k] = s[k]
+    out["saturation"] = float(((res.images + 1) / 2).std(dim=1, unbiased=False).mean())
     return {k: float(v) for k, v in out.items()}
 
 
@@ -428,7 +428,8 @@ def render_markdown(p: dict[str, Any]) -> str:
         f"Guiding attack: `{a['attack']}`, setting A, fitted on {a['n_per_class']} member vs {a['n_per_class']} "
         f"{a['nonmember']} photos of {a['attacker_member_identities']} + {a['attacker_unseen_identities']} attacker "
         f"identities (`--attack-data {cfg['attack_data']}`): AUC {a['train_auc']:.3f} in-sample, "
-        f"**{a['heldout_auc']:.3f} held out** on the evaluation identities.",
+        f"**{a['heldout_auc']:.3f} held out** on the evaluation identities (mean logit of their real photos: "
+        f"members {a['heldout_mean_logit_members']:.2f}, unseen {a['heldout_mean_logit_unseen']:.2f}).",
         f"Evaluation: {e['member_identities']} member vs {e['distractor_identities']} unseen LFW identities "
         f"(chance member share 0.5), evaluator threshold at FAR 1e-3 {e.get('threshold', float('nan')):.3f} "
         f"(resolved: {e.get('far_resolved')}).", _budget(cfg["preset"], p["timing_s"].get("total", "?")),
@@ -440,7 +441,7 @@ def render_markdown(p: dict[str, Any]) -> str:
             ("member share (Z-norm)", "member_share_znorm"), ("identities recovered", "identities_recovered"),
             ("identities recovered (Z-norm)", "identities_recovered_znorm"),
             ("distractor ids recovered", "distractor_ids_recovered"), ("distinct nearest", "distinct_nearest_share"),
-            ("attack logit", "mean_membership_logit")]
+            ("attack logit", "mean_membership_logit"), ("saturation", "saturation")]
     lines += _table(und, cols)
     pooled = [r for r in und if "pooled" in r and "fisher_p_greater" in r["pooled"]]
     if pooled:
