@@ -43,6 +43,9 @@ MANIFEST = "stage.json"
 PENDING = "stage.pending.json"
 #: files a stage may leave in its folder that are not outputs (training checkpoints are private and resumable)
 PRIVATE = frozenset({MANIFEST, PENDING, "train_state.pt"})
+#: intermediate files that are not byte-reproducible and are not hashed: skops archives carry zip timestamps (the
+#: fitted attack's parameters are in the .json written beside each)
+UNHASHED_SUFFIXES = (".skops",)
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ def stage_key(stage: Stage, config: Any, manifests: dict[str, dict[str, Any]]) -
 def hash_outputs(run_dir: Path, stage_dir: Path, extra: Sequence[Path] = ()) -> dict[str, str]:
     """Relative path (to the run folder) -> sha256, for every file of the stage folder but the private ones."""
     files = [p for p in sorted(stage_dir.rglob("*")) if p.is_file() and p.name not in PRIVATE
-             and not p.name.startswith(".")]
+             and not p.name.startswith(".") and not p.name.endswith(UNHASHED_SUFFIXES)]
     files += [Path(p) for p in extra]
     return {str(p.relative_to(run_dir)): file_sha256(p) for p in files}
 

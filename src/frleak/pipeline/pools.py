@@ -13,6 +13,7 @@ nearest known member), and the BN attacks are reported as "BN attack surface rem
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,25 +41,16 @@ def has_bn(model: torch.nn.Module) -> bool:
     return True
 
 
-@torch.no_grad()
 def embedding_pool(model: torch.nn.Module, ms: ModelSplit, *, batch_size: int = 128, device: str = "cpu",
                    progress: bool = False) -> ModelPool:
-    """Embedding-only attack inputs (``emb_norm``, ``flip_cos``, ``embedding``) for a model without BN statistics:
-    raw embeddings of each image and its mirror, fed to :func:`frleak.attack_data.inputs_from_features`."""
-    from frleak.attack_data import inputs_from_features, load_images
-    from frleak.data.images import hflip, normalize
-    from frleak.features import FeatureSet, eval_mode
+    """Embedding-only attack inputs (``emb_norm``, ``flip_cos``, ``embedding``) for a model without BN statistics
+    (:func:`frleak.defense_eval.embedding_inputs`), rows in :func:`frleak.membership.build_pool`'s order."""
+    from frleak.attack_data import load_images
+    from frleak.defense_eval import embedding_inputs
 
     samples, roles, ids = split_pool_samples(ms)
     images = load_images(samples, model.input_spec, progress=progress)
-    parts = []
-    with eval_mode(model):
-        model.to(device)
-        for i in range(0, len(images), batch_size):
-            x = normalize(images[i:i + batch_size], model.input_spec).to(device)  # type: ignore[arg-type]
-            parts.append(torch.cat([model(x), model(hflip(x))], dim=1).float().cpu().numpy())
-    fs = FeatureSet({}, np.concatenate(parts), [], {"flip": True})
-    return ModelPool(inputs_from_features(fs), roles, ids)
+    return ModelPool(embedding_inputs(model, images, batch_size=batch_size, device=device), roles, ids)
 
 
 def model_pool(model: torch.nn.Module, ms: ModelSplit, reference: torch.nn.Module | None, *, batch_size: int = 128,
@@ -96,6 +88,7 @@ class PoolResults:
     identity_level: list[dict[str, Any]]
     layer_auc: dict[str, list[float]]
     plots: dict[str, str]
+    fit_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # per attack, setting A folds
 
 
 def evaluate_pools(tpool: ModelPool, spool: ModelPool | None, layer_names: list[str], config: MembershipConfig,
@@ -107,7 +100,13 @@ def evaluate_pools(tpool: ModelPool, spool: ModelPool | None, layer_names: list[
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads, user_api="openmp"):
-        return _evaluate_pools(tpool, spool, layer_names, config, plots_dir)
+        res = _evaluate_pools(tpool, spool, layer_names, config, plots_dir)
+    # timings are not results: an artifact must hash the same when the same work is redone
+    for row in res.rows:
+        secs = row.pop("fit_seconds", None)
+        if secs is not None:
+            res.fit_seconds[row["attack"]] = round(res.fit_seconds.get(row["attack"], 0.0) + secs, 2)
+    return res
 
 
 def _evaluate_pools(tpool: ModelPool, spool: ModelPool | None, layer_names: list[str], config: MembershipConfig,

@@ -291,7 +291,7 @@ def run_attack(ctx: StageContext) -> dict[str, Any]:
         "layer_names": names, "plots": plots})
     ok = [r for r in res.rows if "auc" in r]
     best = max(ok, key=lambda r: r["auc"]) if ok else None
-    return {"rows": len(res.rows), "best": None if best is None else
+    return {"rows": len(res.rows), "fit_seconds": res.fit_seconds, "best": None if best is None else
             {k: best[k] for k in ("attack", "setting", "nonmember", "auc", "tpr_at_1pct_fpr")}}
 
 
@@ -451,7 +451,7 @@ def run_defense(ctx: StageContext, index: int) -> dict[str, Any]:
            "adaptive": cfg.defenses.adaptive and base_shadow is not None, "results": res_pools.rows,
            "layer_auc": res_pools.layer_auc, **info}
     atomic_write_json(ctx.dir / "results.json", out)
-    return {"label": label, "removes_bn_surface": removes,
+    return {"label": label, "removes_bn_surface": removes, "fit_seconds": res_pools.fit_seconds,
             "utility": (card.get("utility") or {}).get("verification_accuracy")}
 
 
