@@ -44,14 +44,14 @@ class DefensePreset:
 
 PRESETS: dict[str, DefensePreset] = {
     # mia_lfw's smoke subset (40 LFW identities x 12 images, quarter-width IResNet-18 at 32x32, 8 epochs); the
-    # defenses that cost at most one more training of this small target
+    # defenses that cost at most one more training of this small target (and one of its adaptive shadow)
     "smoke": DefensePreset(MIA_PRESETS["smoke"], DefenseEvalConfig(
         defenses=("none", "bn_reestimate", "bn_noise", "groupnorm", "label_smoothing"), n_boot=200,
-        public_images=300, attacker_public_images=300)),
+        public_images=300, attacker_public_images=300, adaptive_training=True)),
     # the calibration target (half-width IResNet-18 at 64x64, 15 epochs, 158 LFW identities), every defense; the
     # adaptive attacker also retrains its shadow with each training-stage defense
     "cpu": DefensePreset(MIA_PRESETS["cpu"], DefenseEvalConfig(defenses=ALL_DEFENSES, n_boot=1000,
-                                                               adaptive_training=True)),
+                                                               adaptive_training=True, attacker_public_images=350)),
 }
 
 
@@ -75,8 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     adapt.add_argument("--adaptive-training", dest="adaptive_training", action="store_true", default=None,
                        help="retrain the adaptive attacker's shadow with every training-stage defense")
     adapt.add_argument("--no-adaptive-training", dest="adaptive_training", action="store_false")
+    p.add_argument("--inversion", action="store_true",
+                   help="stage 2 per BN defense: guided vs unguided untargeted inversion (minutes per defense)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch and scikit-learn (default 1: on a shared 2-core machine two OpenMP "
+                        "threads ran 10-100x slower than one)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(max(1, args.threads))
+    with threadpool_limits(limits=max(1, args.threads)):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     preset = PRESETS[args.preset]
     mp = preset.model
@@ -88,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         study_cfg = replace(study_cfg, defenses=tuple(d.strip() for d in args.defenses.split(",") if d.strip()))
     if args.attacks:
         study_cfg = replace(study_cfg, attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()))
+    if args.inversion:
+        study_cfg = replace(study_cfg, inversion=True)
     if args.adaptive_training is not None:
         study_cfg = replace(study_cfg, adaptive_training=args.adaptive_training)
     work = args.work or args.out / "_work" / f"defenses_{args.preset}"
@@ -120,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
              f"seeded random pairs of identity-disjoint people ({mp.data.verification}). Release defenses use "
              f"{study_cfg.public_images} public images of LFW people outside the split; the adaptive attacker "
              f"re-estimates/noises its shadow with {study_cfg.attacker_public_images} CelebA images outside the split. "
-             f"Time: {payload['timing_s']} s.", ""]
+             f"Time: {res['timing']['total_s']:.0f} s in all (undefended target and shadow "
+             f"{res['timing']['undefended_models_s']:.0f} s; per defense, models + attacks: "
+             + ", ".join(f"{d} {res['timing'][f'{d}_s']:.0f} s" for d in study_cfg.defenses)
+             + "; a defense whose results were kept from an earlier run takes ~0 s).", ""]
     md = render_markdown(res, study_cfg, f"defenses_lfw, preset `{args.preset}`", intro)
     j, m = write_results(args.out, f"defenses_lfw_{args.preset}", payload, md)
     print(md)
@@ -129,5 +147,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     sys.exit(main())

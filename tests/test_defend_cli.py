@@ -39,7 +39,7 @@ CONFIG: dict[str, Any] = {
     "model": {"backbone": "tiny", "options": {"input_size": 32}},
     "train": {"epochs": 2, "batch_size": 16, "lr": 0.1, "warmup_epochs": 0.5, "head_kwargs": {"s": 16.0, "m": 0.2}},
     "study": {"defenses": list(DEFENSES), "attacks": list(ATTACKS), "kinds": list(KINDS), "n_boot": 20,
-              "public_images": 64, "attacker_public_images": 64},
+              "public_images": 64, "attacker_public_images": 64, "adaptive_training": True},
 }
 
 
@@ -107,6 +107,10 @@ def test_bn_removing_defense_reports_status_not_numbers(run: tuple[Path, dict[st
         assert not set(METRICS) & set(r)
     emb_rows = [r for r in gn if r["attack"] == "embedding_norm"]
     assert emb_rows and all(math.isfinite(r["auc"]) for r in emb_rows)
+    # the adaptive attacker retrained its shadow with the same defense: a GroupNorm shadow, same recipe
+    assert {r["setting"] for r in emb_rows if r["adaptive"]} == {"B"}
+    assert not has_bn_statistics(load_backbone(out / "adaptive_shadow" / "groupnorm"))
+    assert payload["defenses"]["groupnorm"]["recipe_mismatch_adaptive"] == []
     # BN defenses keep their BN numbers; the adaptive attacker (re-estimated shadow) is measured in setting B
     # for every attack, in setting A only for the attack that uses the shadow as its reference model
     re = [r for r in payload["results"] if r["defense"] == "bn_reestimate"]

@@ -1,7 +1,7 @@
 """``frleak defend``: every defense on one membership split and seed, attacked in settings A and B (naive and adaptive
 attacker), with the utility of each released model (issue 5; docs/defenses.md).
 
-  frleak defend --config configs/defend_lfw_cpu.yaml --run runs/defend
+  frleak defend --config defend.yaml --run runs/defend
   frleak defend --config ... --run runs/defend --defenses none,bn_reestimate,bn_noise --set study.n_boot=200
   frleak defend --config ... --run runs/defend --split runs/lfw/split.json \
       --target runs/lfw/target --shadow runs/lfw/shadow
