@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from frleak.report.build import SUMMARY_KINDS
+
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#1d232a;background:#fff}
 main{max-width:1180px;margin:0 auto;padding:1.5rem 2rem 4rem}
@@ -113,7 +115,9 @@ def _headline_rows(p: Page, head: Sequence[Mapping[str, Any]], *base: Any) -> li
     rows = []
     for i, h in enumerate(head):
         s, pa = h["strongest"], h.get("paper")
-        rows.append([esc(h["setting"]), esc(h["nonmember"]), esc(s["attack"]),
+        kind = esc(h["nonmember"]) + (' <span class="muted">(dataset shift)</span>'
+                                      if h["nonmember"] == "other_dataset" else "")
+        rows.append([esc(h["setting"]), kind, esc(s["attack"]),
                      p.num_ci(s, "auc", *base, i, "strongest"), p.num_ci(s, "tpr_at_1pct_fpr", *base, i, "strongest"),
                      p.num_ci(pa, "auc", *base, i, "paper") if pa else '<span class="muted">not run</span>',
                      p.num_ci(pa, "tpr_at_1pct_fpr", *base, i, "paper") if pa else ""])
@@ -158,12 +162,13 @@ def _summary(p: Page) -> str:
                    f"vs {iv('control_member_ids_recovered')}.</p>")
     for i, d in enumerate(s.get("defenses", [])):
         acc = (d.get("utility") or {}).get("verification_accuracy")
-        best = max((h["strongest"]["auc"] for h in d["headline"]), default=None)
-        bi = next((j for j, h in enumerate(d["headline"]) if h["strongest"]["auc"] == best), None)
-        strongest = (p.num(best, "summary", "defenses", i, "headline", bi, "strongest", "auc")
-                     if bi is not None else "–")
+        cand = [(h["strongest"]["auc"], j) for j, h in enumerate(d["headline"]) if h["nonmember"] in SUMMARY_KINDS]
+        bi = max(cand)[1] if cand else None
+        strongest = (p.num(d["headline"][bi]["strongest"]["auc"], "summary", "defenses", i, "headline", bi,
+                           "strongest", "auc") if bi is not None else "–")
         removed = f' <span class="removed">({REMOVED})</span>' if d["removes_bn_surface"] else ""
-        out.append(f"<p>Defense <b>{esc(d['label'])}</b>{removed}: highest attack AUC {strongest}, verification "
+        out.append(f"<p>Defense <b>{esc(d['label'])}</b>{removed}: highest attack AUC against same/unseen-identity "
+                   f"non-members {strongest}, verification "
                    f"accuracy {p.num(acc, 'summary', 'defenses', i, 'utility', 'verification_accuracy')}.</p>")
     if p.r.get("notes"):
         out.append(f"<p>{esc(p.r['notes'])}</p>")
