@@ -125,6 +125,8 @@ def test_typo_in_keys_or_types_is_rejected_naming_the_key(tmp_path: Path, overri
     (["target.train=false"], "model.weights: required with target.train: false"),
     (["data.member_fraction=1.5"], "data.member_fraction: must be in (0, 1)"),
     (["defenses.apply=[{name: label_smoothing}, {name: label_smoothing}]"], "defenses.apply[1]: a second defense"),
+    (["model.weights=/w.pth", "defenses.apply=[{name: label_smoothing}]"], "defenses.apply[0]: 'label_smoothing' "
+                                                                            "retrains the target from scratch"),
 ])
 def test_bad_values_are_rejected_naming_the_key_before_anything_runs(tmp_path: Path, overrides: list[str],
                                                                      key: str) -> None:
@@ -289,3 +291,22 @@ def test_given_mode_refuses_training_time_defenses(tmp_path: Path) -> None:
                                           "target.nonmembers=/n", "defenses.apply=[{name: groupnorm}]"])
     with pytest.raises(ConfigError, match=r"defenses.apply\[0\]: 'groupnorm' acts in training"):
         cfg.validate()
+
+
+def test_defense_that_removes_batchnorm_reports_no_bn_number(micro_run: SimpleNamespace, tmp_path: Path) -> None:
+    run = copy_run(micro_run.run, tmp_path / "run")
+    cfg = load_config(AuditConfig, micro_run.cfg_path,
+                      ["defenses.apply=[{name: bn_reestimate}, {name: groupnorm, label: gn}]"])
+    result = run_audit(cfg, run, progress=False, on_stage=None)
+    assert {n for n, s in result.status().items() if s != "skipped"} == {"defense_gn", "report"}
+    report = read_json(run / "report.json")
+    gn = next(d for d in report["defenses"] if d["label"] == "gn")
+    assert gn["removes_bn_surface"] and gn["stage"] == "training"
+    bn_rows = [r for r in gn["results"] if r["attack"] == "paper_bn_linear"]
+    emb_rows = [r for r in gn["results"] if r["attack"] == "embedding_norm"]
+    assert bn_rows and all(r["status"] == "BN attack surface removed" and "auc" not in r for r in bn_rows)
+    assert emb_rows and all(0.0 <= r["auc"] <= 1.0 for r in emb_rows)  # the embedding attack still runs
+    assert {h["strongest"]["attack"] for h in gn["headline"]} == {"embedding_norm"}
+    assert all(h["paper"] is None for h in gn["headline"])
+    assert "BN attack surface removed" in (run / "report.html").read_text()
+    assert gn["utility"]["verification_pairs"] == micro_run.report["summary"]["utility"]["verification_pairs"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from frleak.io import atomic_write_bytes
 from frleak.membership import MembershipConfig, build_pool, layer_aucs, split_pool_samples, write_plots
 
 NO_BN = "BN attack surface removed"
+log = logging.getLogger("frleak.audit")
 
 
 def has_bn(model: torch.nn.Module) -> bool:
@@ -118,6 +120,8 @@ def _evaluate_pools(tpool: ModelPool, spool: ModelPool | None, layer_names: list
         if len(tpool.rows(kind)) == 0:
             continue
         s: dict[str, Any]
+        log.info("  attacks vs %s non-members: %d attack(s), setting(s) %s", kind, len(config.attacks),
+                 "/".join(x for x in config.settings if x == "A" or spool is not None))
         if "A" in config.settings:
             r, s = setting_a(tpool, kind, config.attacks, folds=config.folds, seed=config.seed, n_boot=config.n_boot,
                              attack_params=config.attack_params)
@@ -133,6 +137,8 @@ def _evaluate_pools(tpool: ModelPool, spool: ModelPool | None, layer_names: list
             if "status" in row and any(g in row["status"] for g in ("paper", "normalized", "variance")):
                 row["status"] = NO_BN
     id_rows: list[dict[str, Any]] = []
+    if config.identity_ks and len(tpool.rows("same_identity")) and len(tpool.rows("unseen_identity")):
+        log.info("  identity level: k = %s", ", ".join(map(str, config.identity_ks)))
     if config.identity_ks and len(tpool.rows("same_identity")) and len(tpool.rows("unseen_identity")):
         id_rows = identity_level(tpool, config.identity_attacks, ks=config.identity_ks, folds=config.folds,
                                  seed=config.seed, n_boot=config.n_boot,

@@ -390,6 +390,7 @@ def run_defense(ctx: StageContext, index: int) -> dict[str, Any]:
     from frleak.data.prepare import load_training_set
     from frleak.defenses import adaptive_defense, adaptive_reference, create_defense, train_with_defense, write_release
     from frleak.models.checkpoint import read_card, save_backbone
+    from frleak.seeding import seed_everything
     from frleak.train import TrainConfig
 
     cfg: AuditConfig = ctx.config
@@ -406,6 +407,7 @@ def run_defense(ctx: StageContext, index: int) -> dict[str, Any]:
     if defense.stage == "training":
         recipe = _train_config(cfg)
         images, labels, _ = load_training_set(split.target.members, base_target.input_spec, progress=ctx.progress)
+        seed_everything(recipe.seed)  # the undefended target's initial weights (train_role seeds the same way)
         target, res = train_with_defense(
             defense, cfg.model.backbone, dict(cfg.model.options), images, labels, recipe, out_dir=ctx.dir / "target",
             resume=True, progress=ctx.progress, card={"role": "target", "split_digest": split.digest(),
@@ -413,9 +415,10 @@ def run_defense(ctx: StageContext, index: int) -> dict[str, Any]:
             evaluate=(lambda m: utility(cfg, m) or {}) if cfg.data.verification else None)
         info["training"] = {"epochs_run": res.get("epochs_run"), "stopped_early": res.get("stopped_early")}
         if base_shadow is not None and split.shadow is not None and cfg.defenses.adaptive:
-            s_backbone, s_options, s_train, s_weights, _ = shadow_recipe(cfg, t_card)
+            s_backbone, s_options, s_train, _, _ = shadow_recipe(cfg, t_card)
             s_images, s_labels, _ = load_training_set(split.shadow.members, base_shadow.input_spec,
                                                       progress=ctx.progress)
+            seed_everything(s_train.seed)
             shadow, _ = train_with_defense(adaptive_defense(defense), s_backbone, s_options, s_images, s_labels,
                                            s_train, out_dir=ctx.dir / "shadow", resume=True, progress=ctx.progress,
                                            card={"role": "shadow", "audit": cfg.name, "audit_defense": label})

@@ -150,6 +150,9 @@ def validate_audit_config(cfg: AuditConfig) -> None:
         if defense.stage == "training" and not cfg.target.train:
             raise ConfigError(f"{key}: {spec.name!r} acts in training, so frleak would have to retrain your model; "
                               "with target.train: false only release-time defenses (bn_reestimate, bn_noise) apply")
+        if defense.stage == "training" and cfg.model.weights:
+            raise ConfigError(f"{key}: {spec.name!r} retrains the target from scratch, which would not compare with "
+                              "a target fine-tuned from model.weights; use a release-time defense or no weights")
     _pool("defenses.public", cfg.defenses.public)
     _positive("defenses.public_images", cfg.defenses.public_images, 2)
     if cfg.defenses.attacks is not None:
