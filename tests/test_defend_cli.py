@@ -18,8 +18,10 @@ import pytest
 import torch
 import yaml
 
+from frleak.attack_data import embed_with_mirror, inputs_from_features
 from frleak.cli import main
-from frleak.defense_eval import SURFACE_REMOVED, attack_inputs, embedding_inputs, has_bn_statistics
+from frleak.defense_eval import SURFACE_REMOVED, attack_inputs
+from frleak.features import FeatureSet, has_bn_statistics
 from frleak.io import _json_default
 from frleak.models.checkpoint import load_backbone, read_card
 
@@ -141,7 +143,7 @@ def test_embedding_features_equal_the_bn_path(run: tuple[Path, dict[str, Any], f
     model = load_backbone(out / "target")
     images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     full = attack_inputs(model, images, batch_size=4)
-    emb = embedding_inputs(model, images, batch_size=4)
+    emb = inputs_from_features(FeatureSet({}, embed_with_mirror(model, images, batch_size=4), [], {"flip": True}))
     assert "paper" in full and "paper" not in emb
     for k in ("emb_norm", "flip_cos", "embedding"):
         np.testing.assert_allclose(emb[k], full[k], rtol=1e-5, atol=1e-6)

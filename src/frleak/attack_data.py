@@ -15,10 +15,12 @@ import numpy as np
 import torch
 
 from frleak.data.folder import Sample
-from frleak.data.images import load_uint8
-from frleak.features import FeatureSet, extract_features
+from frleak.data.images import InputSpec, hflip, load_uint8, normalize
+from frleak.features import FeatureSet, eval_mode, extract_features, has_bn_statistics
 
 DIST_KINDS = ("paper", "normalized", "variance")
+#: the result status of a BN attack on a model without BatchNorm running statistics (never a number)
+NO_BN_STATUS = "BN attack surface removed"
 
 
 def inputs_from_features(fs: FeatureSet) -> dict[str, np.ndarray]:
@@ -37,10 +39,36 @@ def inputs_from_features(fs: FeatureSet) -> dict[str, np.ndarray]:
 
 def model_inputs(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 128, device: str = "cpu",
                  progress: bool = False) -> tuple[dict[str, np.ndarray], FeatureSet]:
-    """Attack feature groups of ``model`` on uint8 images (N, 3, H, W); also returns the raw FeatureSet."""
+    """Attack feature groups of ``model`` on uint8 images (N, 3, H, W); also returns the raw FeatureSet.
+
+    A model without BatchNorm running statistics (GroupNorm / LayerNorm / DP-SGD backbones) has no BN attack
+    surface: only the embedding groups are returned (and a FeatureSet without layers)."""
+    if not has_bn_statistics(model):
+        fs = FeatureSet({}, embed_with_mirror(model, images, batch_size=batch_size, device=device), [],
+                        {"flip": True})
+        return inputs_from_features(fs), fs
     fs = extract_features(model, images, kinds=DIST_KINDS, batch_size=batch_size, device=device, flip=True,
                           progress=progress)
     return inputs_from_features(fs), fs
+
+
+@torch.no_grad()
+def embed_with_mirror(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 128,
+                      device: str = "cpu") -> np.ndarray:
+    """Embeddings of each uint8 image and of its mirror, concatenated: (N, 2D), as ``extract_features(flip=True)``
+    gives them, without BN hooks (so BN-free models have them too). Modes and device are restored."""
+    spec: InputSpec = getattr(model, "input_spec")  # noqa: B009
+    home = next(model.parameters()).device
+    model.to(device)
+    embs = []
+    try:
+        with eval_mode(model):
+            for i in range(0, len(images), batch_size):
+                x = normalize(images[i:i + batch_size], spec).to(device)
+                embs.append(torch.cat([model(x), model(hflip(x))], dim=1).float().cpu().numpy())
+    finally:
+        model.to(home)
+    return np.concatenate(embs)
 
 
 def with_reference(inputs: dict[str, np.ndarray], ref_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -43,12 +43,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from frleak.attack_data import inputs_from_features, load_images, model_inputs, with_reference
+from frleak.attack_data import NO_BN_STATUS, load_images, model_inputs, with_reference
 from frleak.data.folder import Sample, group_by_identity, scan_identity_folder
 from frleak.data.splits import ROLES, MembershipSplit, ModelSplit
-from frleak.errors import ConfigError, DataError, FrleakError
+from frleak.errors import ConfigError, DataError
 from frleak.evaluation import ModelPool, setting_a, setting_b
-from frleak.features import FeatureSet, bn_layers, eval_mode
+from frleak.features import has_bn_statistics
 from frleak.models.base import Backbone
 from frleak.train import TrainConfig
 
@@ -58,7 +58,7 @@ ALL_DEFENSES = ("none", "dpsgd", "bn_reestimate", "bn_noise", "groupnorm", "laye
                 "label_smoothing", "early_stopping", "augmentation")
 #: the paper's attack, the strongest ones (boosted trees, reference-calibrated), the non-BN baselines
 DEFENSE_ATTACKS = ("paper_bn_linear", "frleak_strong", "bn_gbm", "embedding_nn", "embedding_norm", "flip_consistency")
-SURFACE_REMOVED = "BN attack surface removed"
+SURFACE_REMOVED = NO_BN_STATUS
 _BN_GROUPS = {"paper", "normalized", "variance", "channels", "ref_paper", "ref_normalized", "ref_variance"}
 _RESULTS_DIR = "results"
 
@@ -122,15 +122,6 @@ class DefenseEvalConfig:
 
 
 # ---- features ----------------------------------------------------------------------------------------------------
-def has_bn_statistics(model: torch.nn.Module) -> bool:
-    """True when the model has BatchNorm layers with running statistics (the paper's attack surface)."""
-    try:
-        bn_layers(model)
-    except FrleakError:
-        return False
-    return True
-
-
 def is_bn_attack(name: str, params: dict[str, Any] | None = None) -> bool:
     """Does the attack read BN-statistics features (its own or a reference model's)?"""
     from frleak.attacks import create_attack
@@ -145,34 +136,10 @@ def uses_reference(name: str, params: dict[str, Any] | None = None) -> bool:
     return any(g.startswith("ref_") for g in create_attack(name, **(params or {})).required_groups())
 
 
-@torch.no_grad()
-def embedding_inputs(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 128,
-                     device: str = "cpu") -> dict[str, np.ndarray]:
-    """The embedding feature groups of :func:`frleak.attack_data.model_inputs` (``emb_norm``, ``flip_cos``,
-    ``embedding``) without BN hooks, so that they also exist for BN-free models. images: uint8 (N, 3, H, W);
-    embeddings of each image and its mirror, concatenated (N, 2D), as ``extract_features(flip=True)`` gives."""
-    from frleak.data.images import InputSpec, hflip, normalize
-
-    spec: InputSpec = model.input_spec  # type: ignore[assignment]
-    home = next(model.parameters()).device
-    model.to(device)
-    embs = []
-    try:
-        with eval_mode(model):
-            for i in range(0, len(images), batch_size):
-                x = normalize(images[i:i + batch_size], spec).to(device)
-                embs.append(torch.cat([model(x), model(hflip(x))], dim=1).float().cpu().numpy())
-    finally:
-        model.to(home)
-    return inputs_from_features(FeatureSet({}, np.concatenate(embs), [], {"flip": True}))
-
-
 def attack_inputs(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 128, device: str = "cpu"
                   ) -> dict[str, np.ndarray]:
     """All attack feature groups a model offers: BN distances + embedding features, or embedding features only."""
-    if has_bn_statistics(model):
-        return model_inputs(model, images, batch_size=batch_size, device=device)[0]
-    return embedding_inputs(model, images, batch_size=batch_size, device=device)
+    return model_inputs(model, images, batch_size=batch_size, device=device)[0]
 
 
 class _Pools:

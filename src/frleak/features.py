@@ -107,6 +107,15 @@ def bn_layers(model: nn.Module) -> list[tuple[str, _NormBase]]:
     return layers
 
 
+def has_bn_statistics(model: nn.Module) -> bool:
+    """True when the model has BatchNorm layers with running statistics (the paper's attack surface)."""
+    try:
+        bn_layers(model)
+    except FrleakError:
+        return False
+    return True
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put every module in eval mode and restore each module's own mode afterwards."""

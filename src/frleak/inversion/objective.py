@@ -36,7 +36,7 @@ from torch import nn
 
 from frleak.attacks.base import DISTANCE_GROUPS, MembershipAttack
 from frleak.errors import ConfigError
-from frleak.features import bn_features, bn_layers, capture_bn_inputs, eval_mode
+from frleak.features import bn_features, bn_layers, capture_bn_inputs, eval_mode, has_bn_statistics
 from frleak.inversion.differentiable import TorchLinearAttack, TorchThresholdAttack, torch_attack
 from frleak.inversion.preprocess import to_backbone_input
 
@@ -134,7 +134,7 @@ class InversionObjective:
         self.templates = None if templates is None else F.normalize(templates.detach().float(), dim=1)
         if weights.template and self.templates is None:
             raise ConfigError("template_weight is non-zero but no templates were given (targeted mode)")
-        self.has_bn = _has_bn(target)
+        self.has_bn = has_bn_statistics(target)
         if weights.bn and not self.has_bn:
             raise ConfigError("bn_weight is non-zero but the target has no BatchNorm layer with running statistics")
         groups = set(self.attack.required_groups()) if self.attack is not None else set()
@@ -253,14 +253,6 @@ class InversionObjective:
                 s = torch.as_tensor(self.selection_attack.score(x), dtype=loss.dtype, device=loss.device)
                 loss = loss + self.weights.membership * (t["membership"] - s)
         return -loss
-
-
-def _has_bn(model: nn.Module) -> bool:
-    try:
-        bn_layers(model)
-    except Exception:  # noqa: BLE001 - bn_layers raises FrleakError when there is none
-        return False
-    return True
 
 
 def numpy_features(feats: Mapping[str, torch.Tensor], groups: Sequence[str]) -> dict[str, np.ndarray]:
