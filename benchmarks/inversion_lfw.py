@@ -289,14 +289,13 @@ def run_seed(ctx: Context, seed: int, labels: list[str]) -> dict[str, dict[str, 
         t_inv = time.time() - t0
         kind = "pixels" if spec.method == "gan_free" else "gan"
         if kind not in cohorts:
-            cgen = ctx.generator if kind == "gan" else PixelGenerator(tuple(res.images.shape[-2:]))  # type: ignore[arg-type]
+            cgen = ctx.generator if kind == "gan" else PixelGenerator((res.images.shape[-2], res.images.shape[-1]))
             cohorts[kind] = _cohort(cgen, p.cohort, seed)
         if spec.mode == "untargeted":
             gal = {"member": ctx.galleries["member_eval"], "distractor": ctx.galleries["distractor_eval"]}
             metrics = evaluate_reconstructions(res.images, evaluator=ctx.evaluator, member_gallery=gal["member"],
                                                distractor_gallery=gal["distractor"], mode="untargeted", seed=seed,
                                                batch_size=p.batch_size, device=ctx.device, cohort=cohorts[kind])
-            tnames = None
         else:
             gal = {"member": ctx.galleries["member_all"]}
             tnames = [names[int(k)] for k in res.target_index]
@@ -311,8 +310,9 @@ def run_seed(ctx: Context, seed: int, labels: list[str]) -> dict[str, dict[str, 
             pi = metrics["untargeted"]["per_image"]
             rec["counts"] = {"n": len(pi["nearest_is_member"]), "member": int(sum(pi["nearest_is_member"])),
                              "member_znorm": int(sum(pi.get("nearest_is_member_znorm", []))),
-                             "recovered": sorted({n for n, m, a in zip(pi["nearest_identity"], pi["nearest_is_member"],
-                                                                        pi["accepted"]) if m and a})}
+                             "recovered": sorted({name for name, m, a in zip(pi["nearest_identity"],
+                                                                              pi["nearest_is_member"], pi["accepted"])
+                                                  if m and a})}
         else:
             rec["targets"] = names
         if ctx.grid_dir is not None and seed == ctx.grid_seed:
@@ -524,11 +524,8 @@ def selected_labels(methods: str | None) -> list[str]:
     unknown = want - set(SPECS)
     if unknown:
         raise ConfigError(f"--methods: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SPECS)}")
-    while True:
-        more = {SPECS[w].control for w in want if SPECS[w].control} - want
-        if not more:
-            break
-        want |= more  # type: ignore[arg-type]
+    while more := {c for w in want if (c := SPECS[w].control) is not None} - want:
+        want |= more
     return [r.label for r in RUNS if r.label in want]
 
 
@@ -558,8 +555,8 @@ def run_benchmark(target_dir: Path, split_path: Path, preset: InvPreset, *, gene
     timer.mark("attack_fitted")
     gen = load_generator(generator)
     evaluator = load_evaluator()
-    galleries = build_galleries(evaluator, ms.members, ms.unseen_identity, part, tuple(gen.output_size),  # type: ignore[arg-type]
-                                device, preset.batch_size, progress)
+    galleries = build_galleries(evaluator, ms.members, ms.unseen_identity, part, gen.output_size, device,
+                                preset.batch_size, progress)
     timer.mark("galleries")
     if grid_dir is not None:
         grid_dir.mkdir(parents=True, exist_ok=True)
