@@ -18,10 +18,12 @@ re-run skips every defense whose model and results are there, and resumes an int
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,6 +34,7 @@ from frleak.data.prepare import build_split  # noqa: E402
 from frleak.data.splits import MembershipSplit  # noqa: E402
 from frleak.defense_eval import ALL_DEFENSES, DefenseEvalConfig, render_markdown, run_defense_study  # noqa: E402
 from frleak.errors import ConfigError  # noqa: E402
+from frleak.train import TrainConfig  # noqa: E402
 from mia_lfw import PRESETS as MIA_PRESETS  # noqa: E402
 from mia_lfw import Preset  # noqa: E402
 
@@ -81,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="CPU threads for torch and scikit-learn (default 1: on a shared 2-core machine two OpenMP "
                         "threads ran 10-100x slower than one)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                   help="only merge result files of runs over disjoint --defenses subsets (same preset, split and "
+                        "undefended models, e.g. runs split across GPU calls) into <out>/defenses_lfw_<preset>.*")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(max(1, args.threads))
@@ -128,19 +136,57 @@ def run(args: argparse.Namespace) -> int:
         "results": res["results"], "defenses": res["defenses"],
         "timing_s": {**timer.marks, **res["timing"]}, "machine": machine(),
     }
-    t = split.target.summary()
+    md = render(payload, study_cfg)
+    j, m = write_results(args.out, f"defenses_lfw_{args.preset}", payload, md)
+    print(md)
+    print(f"\nwrote {j} and {m}")
+    return 0
+
+
+def render(payload: dict[str, Any], study_cfg: DefenseEvalConfig) -> str:
+    mp = PRESETS[payload["preset"]].model
+    train = TrainConfig.from_dict(payload["config"]["train"])
+    timing = payload["timing_s"]
+    t = payload["split"]["target"]
     intro = [f"Target: {mp.backbone} {mp.options}, {t['members']['images']} member images of "
-             f"{t['members']['identities']} LFW identities, {train.epochs} epochs, seed {args.seed}; split "
-             f"{split.digest()}. Utility: verification accuracy ± std over 10 folds on {mp.data.verification_pairs} "
+             f"{t['members']['identities']} LFW identities, {train.epochs} epochs, seed {payload['seed']}; split "
+             f"{payload['split']['digest']}; device {train.device} ({payload['machine'].get('cuda') or 'CPU'}). "
+             f"Utility: verification accuracy ± std over 10 folds on {mp.data.verification_pairs} "
              f"seeded random pairs of identity-disjoint people ({mp.data.verification}). Release defenses use "
              f"{study_cfg.public_images} public images of LFW people outside the split; the adaptive attacker "
              f"re-estimates/noises its shadow with {study_cfg.attacker_public_images} CelebA images outside the split. "
-             f"Time: {res['timing']['total_s']:.0f} s in all (undefended target and shadow "
-             f"{res['timing']['undefended_models_s']:.0f} s; per defense, models + attacks: "
-             + ", ".join(f"{d} {res['timing'][f'{d}_s']:.0f} s" for d in study_cfg.defenses)
+             f"Time: {timing['total_s']:.0f} s in all (undefended target and shadow "
+             f"{timing['undefended_models_s']:.0f} s; per defense, models + attacks: "
+             + ", ".join(f"{d} {timing[f'{d}_s']:.0f} s" for d in study_cfg.defenses)
              + "; a defense whose results were kept from an earlier run takes ~0 s).", ""]
-    md = render_markdown(res, study_cfg, f"defenses_lfw, preset `{args.preset}`", intro)
-    j, m = write_results(args.out, f"defenses_lfw_{args.preset}", payload, md)
+    return render_markdown(payload, study_cfg, f"defenses_lfw, preset `{payload['preset']}`", intro)
+
+
+def merge(files: list[Path], out: Path) -> int:
+    """One result file from runs over disjoint defense subsets (their undefended models must be the same)."""
+    parts = [json.loads(f.read_text()) for f in files]
+    base = parts[0]
+    for p in parts[1:]:
+        for key in ("preset", "seed", "split"):
+            if p[key] != base[key]:
+                raise ConfigError(f"cannot merge: {key} differs between the result files")
+        if p["target"] != base["target"] or p["shadow"] != base["shadow"]:
+            raise ConfigError("cannot merge: the undefended target or shadow differ")
+    merged = dict(base)
+    merged["results"] = [r for p in parts for r in p["results"]]
+    merged["defenses"] = {k: v for p in parts for k, v in p["defenses"].items()}
+    timing: dict[str, float] = {}
+    for p in parts:
+        for k, v in p["timing_s"].items():
+            timing[k] = round(timing.get(k, 0.0) + v, 1) if k in ("total_s", "done") else v
+    merged["timing_s"] = timing
+    merged["merged_from"] = [str(f) for f in files]
+    defenses = tuple(merged["defenses"])
+    study_cfg = replace(DefenseEvalConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                             for k, v in base["config"]["study"].items()}), defenses=defenses)
+    merged["config"]["study"] = asdict(study_cfg)
+    md = render(merged, study_cfg)
+    j, m = write_results(out, f"defenses_lfw_{base['preset']}", merged, md)
     print(md)
     print(f"\nwrote {j} and {m}")
     return 0

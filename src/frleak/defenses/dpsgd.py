@@ -146,6 +146,8 @@ class _DPSGDCallback(DefenseCallback):
         from opacus.validators import ModuleValidator
 
         d = self.defense
+        # opacus draws its noise on the parameters' device, so the generator must live there too
+        self._noise = torch.Generator(device=torch.device(ctx.config.device))
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             raise ConfigError("defense 'dpsgd' runs in a single process (opacus' distributed mode is not wired in)")
         errors = ModuleValidator.validate(ctx.model, strict=False)
