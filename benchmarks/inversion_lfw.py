@@ -553,8 +553,9 @@ def run_benchmark(target_dir: Path, split_path: Path, preset: InvPreset, *, gene
     pool, _ = build_pool(target, sub, None, batch_size=preset.batch_size, device=device, progress=progress)
     attack, attack_info = fit_guidance_attack(pool, part, seed)
     timer.mark("attack_fitted")
-    gen = load_generator(generator)
-    evaluator = load_evaluator()
+    target.to(device)  # inversion, templates and evaluation all run on ``device``
+    gen = load_generator(generator).to(device)
+    evaluator = load_evaluator().to(device)
     galleries = build_galleries(evaluator, ms.members, ms.unseen_identity, part, gen.output_size, device,
                                 preset.batch_size, progress)
     timer.mark("galleries")

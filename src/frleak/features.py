@@ -188,47 +188,49 @@ def bn_features(model: nn.Module, x: torch.Tensor, kinds: Sequence[str] = ("pape
 
 def _distances(named: Mapping[str, nn.Module], store: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
                kinds: Sequence[str], eps: float) -> dict[str, torch.Tensor]:
+    """All layers at once: the per-layer means are concatenated into (N, sum c_i) and every distance is a segment
+    mean over each layer's channels, computed as one matrix product with a (sum c_i, L) averaging matrix. A few
+    kernels per batch instead of several per layer: on a GPU the launches, not the arithmetic, cost the time."""
     names = list(named)
-    groups: dict[int, list[int]] = {}
-    for i, name in enumerate(names):
-        groups.setdefault(store[name][0].shape[1], []).append(i)
-    cols: dict[str, list[torch.Tensor]] = {k: [] for k in kinds if k != "channels"}
-    chans: dict[int, torch.Tensor] = {}  # layer index -> (N, c_i) channel deviations
-    order: list[int] = []
-    for idx in groups.values():
-        mods = [named[names[i]] for i in idx]
-        mean = torch.stack([store[names[i]][0] for i in idx], dim=1)  # (N, G, C)
-        rm = torch.stack([m.running_mean for m in mods]).float()  # type: ignore[misc]  # (G, C)
-        rv = torch.stack([m.running_var for m in mods]).float()  # type: ignore[misc]
-        diff = mean - rm
-        z = diff * torch.rsqrt(rv + eps) if ("normalized" in kinds or "channels" in kinds) else None
-        for k in kinds:
-            if k == "paper":
-                cols[k].append(diff.pow(2).mean(dim=2))
-            elif k == "normalized":
-                assert z is not None
-                cols[k].append(z.pow(2).mean(dim=2))
-            elif k == "variance":
-                var = torch.stack([store[names[i]][1] for i in idx], dim=1)  # type: ignore[misc]
-                q = (torch.log(var + eps) - torch.log(rv + eps)).pow(2).mean(dim=2)
-                spatial = var.abs().sum(dim=(0, 2)) > 0  # BatchNorm1d inputs have no spatial variance: 0
-                cols[k].append(q * spatial)
-            else:
-                assert z is not None
-                chans.update({i: z[:, j] for j, i in enumerate(idx)})
-        order += idx
-    inverse = None
-    if order != sorted(order):  # back to module order
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
+    means = [store[n][0] for n in names]
+    mean = torch.cat(means, dim=1)  # (N, sum c_i)
+    device = mean.device
+    rm = torch.cat([named[n].running_mean.reshape(-1) for n in names]).to(device, torch.float32)  # type: ignore[union-attr]
+    rv = torch.cat([named[n].running_var.reshape(-1) for n in names]).to(device, torch.float32)  # type: ignore[union-attr]
+    seg = _segment_matrix(tuple(m.shape[1] for m in means), device)  # (sum c_i, L), column i = 1/c_i on layer i
+    diff = mean - rm
     out: dict[str, torch.Tensor] = {}
+    z = diff * torch.rsqrt(rv + eps) if ("normalized" in kinds or "channels" in kinds) else None
     for k in kinds:
-        if k == "channels":
-            out[k] = torch.cat([chans[i] for i in range(len(names))], dim=1)
+        if k == "paper":
+            out[k] = diff.square() @ seg
+        elif k == "normalized":
+            assert z is not None
+            out[k] = z.square() @ seg
+        elif k == "variance":
+            var = torch.cat([store[n][1] for n in names], dim=1)  # type: ignore[misc]
+            q = (torch.log(var + eps) - torch.log(rv + eps)).square() @ seg
+            # a BatchNorm1d input (N, C) has no spatial extent (variance 0 by construction): its term is 0
+            has_spatial = (var.abs().sum(dim=0) @ seg) > 0
+            out[k] = q * has_spatial
         else:
-            cat = torch.cat(cols[k], dim=1)
-            out[k] = cat if inverse is None else cat[:, inverse.to(cat.device)]
+            assert z is not None
+            out[k] = z
     return out
+
+
+_SEGMENTS: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
+
+
+def _segment_matrix(widths: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(sum c_i, L) matrix whose product with per-channel values (N, sum c_i) gives per-layer means (cached)."""
+    key = (widths, str(device))
+    if key not in _SEGMENTS:
+        layer = torch.repeat_interleave(torch.arange(len(widths)), torch.tensor(widths))
+        m = torch.zeros(sum(widths), len(widths))
+        m[torch.arange(sum(widths)), layer] = 1.0 / torch.tensor(widths, dtype=torch.float32)[layer]
+        _SEGMENTS[key] = m.to(device)
+    return _SEGMENTS[key]
 
 
 # ---- batched extraction ----------------------------------------------------------------------------------------

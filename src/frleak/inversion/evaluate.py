@@ -68,6 +68,7 @@ def embed(evaluator: nn.Module, images: torch.Tensor, *, batch_size: int = 64, d
     The evaluator's modes are restored."""
     spec: InputSpec = evaluator.input_spec  # type: ignore[assignment]
     outs = []
+    evaluator.to(device)  # the evaluator runs where the images are sent (a GPU run loads it on the CPU first)
     with eval_mode(evaluator):
         for i in range(0, len(images), batch_size):
             x = to_backbone_input(images[i:i + batch_size].to(device), spec)
