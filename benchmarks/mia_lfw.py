@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="override the preset's training epochs")
     p.add_argument("--split", type=Path, help="use this split.json instead of building one")
     p.add_argument("--attacks", help="comma-separated subset of attacks (default: all)")
+    p.add_argument("--attack-threads", type=int, default=1,
+                   help="OpenMP threads of the attack models (default 1: on a busy 2-core machine 2 are many times "
+                        "slower; results do not depend on it)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     attacks = tuple(args.attacks.split(",")) if args.attacks else MembershipConfig().attacks
     cfg = MembershipConfig(attacks=attacks, n_boot=preset.n_boot, device=args.device, seed=args.seed,
                            batch_size=preset.batch_size)
-    res = run_membership(target, split, cfg, shadow=shadow, out_dir=work / "plots", progress=progress)
+    res = run_membership(target, split, cfg, shadow=shadow, out_dir=work / "plots", progress=progress,
+                         threads=args.attack_threads)
     timer.mark("attacks_done")
     payload = {
         "benchmark": "mia_lfw", "preset": args.preset, "seed": args.seed,
