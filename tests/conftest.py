@@ -53,3 +53,19 @@ def small_identity_folder(src: Path, dst: Path, identities: int, per_identity: i
         if taken == identities:
             break
     return dst
+
+
+class Interrupt(Exception):
+    """Stands for Ctrl-C or a killed job in resume tests."""
+
+
+class StopAfter:
+    """A training callback that simulates a crash after ``epochs`` complete epochs (their checkpoints written)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def end_epoch(self, ctx: object, epoch: int, stats: dict) -> bool:
+        if epoch + 1 == self.epochs:
+            raise Interrupt
+        return False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import time
@@ -15,21 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-import frleak.paths
 from frleak.cli import main
 from frleak.data import fetch
 from frleak.data.align import ARCFACE_TEMPLATE, LOG_NAME, align_face, align_folder, select_face, template, umeyama
 from frleak.data.mtcnn import MTCNN, Face, batched_nms, nms
 from frleak.errors import CheckpointError
-
-
-@pytest.fixture(scope="module")
-def shared() -> Path:
-    root = frleak.paths.shared_dir()
-    if root is None:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("shared data folder not found (FRLEAK_SHARED)")
-    assert root is not None
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from typing import Any, cast
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import Interrupt, StopAfter
 
 from frleak.defenses import (
     DPMarginHead,
@@ -279,18 +280,6 @@ def test_augmentation_is_seeded_and_the_identity_at_zero_strength(data: tuple[to
     assert shifted.dtype == torch.float32 and float(shifted.min()) >= 0 and float(shifted.max()) <= 255
 
 
-class Interrupt(Exception):
-    pass
-
-
-class StopAfter:
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def end_epoch(self, ctx: object, epoch: int, stats: dict) -> bool:
-        if epoch + 1 == self.epochs:
-            raise Interrupt
-        return False
 
 
 @pytest.mark.parametrize("name", ["augmentation", "dpsgd"])

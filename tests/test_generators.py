@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import pytest
 import torch
 from torch import nn
 
-import frleak.paths
 from frleak.errors import CheckpointError, ConfigError
 from frleak.generators import Generator, load_generator
 from frleak.generators.stylegan2 import StyleGAN2, StyleGAN2Network
@@ -33,15 +31,6 @@ def sg2(weights: Path | None = None, **kwargs: Any) -> StyleGAN2:
     gen = load_generator("stylegan2", weights, **kwargs)
     assert isinstance(gen, StyleGAN2)
     return gen
-
-
-@pytest.fixture(scope="module")
-def shared() -> Path:
-    root = frleak.paths.shared_dir()
-    if root is None:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("shared data folder not found (FRLEAK_SHARED)")
-    assert root is not None
-    return root
 
 
 def seeded(seed: int = 0) -> torch.Generator:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import small_identity_folder
+from tests.conftest import Interrupt, StopAfter, small_identity_folder
 
 from frleak.data.folder import scan_identity_folder
 from frleak.data.prepare import load_training_set
@@ -35,20 +35,6 @@ def test_loss_decreases(tiny_set: tuple[torch.Tensor, torch.Tensor]) -> None:
     assert hist[-1]["loss"] < 0.7 * hist[0]["loss"]
 
 
-class Interrupt(Exception):
-    pass
-
-
-class StopAfter:
-    """A callback that simulates a crash (Ctrl-C, a killed job) after ``epochs`` complete epochs."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def end_epoch(self, ctx: object, epoch: int, stats: dict) -> bool:
-        if epoch + 1 == self.epochs:
-            raise Interrupt
-        return False
 
 
 def test_resume_equals_uninterrupted(tiny_set: tuple[torch.Tensor, torch.Tensor], tmp_path: Path) -> None:
