@@ -81,11 +81,11 @@ class InvPreset:
 
 
 PRESETS: dict[str, InvPreset] = {
-    # ~1.5 min on 2 idle cores (the smoke target is a 32-px quarter-width IResNet-18)
+    # 84 s on 2 idle cores (the smoke target is a 32-px quarter-width IResNet-18)
     "smoke": InvPreset("smoke", n_images=16, candidates=128, steps=50, seeds=3, targets=8, n_per_target=2,
                        targeted_candidates=32, gan_free_n_images=16, gan_free_steps=100),
-    # per seed ~22k latent-steps (untargeted 64 + GAN-free 2 x 32 + targeted 2 x 48 latents, 100 steps) at ~20 ms
-    # each on the 64-px half-width calibration target: ~8 min per seed on 2 idle cores
+    # per seed ~22k latent-steps (untargeted 64 + GAN-free 2 x 32 + targeted 2 x 48 latents, 100 steps) on the
+    # 64-px half-width calibration target: 229-263 s per seed on 2 idle cores, ~14 min in all
     "cpu": InvPreset("cpu", n_images=32, candidates=256, steps=100, seeds=3, targets=8, n_per_target=3,
                      targeted_candidates=64, gan_free_n_images=16, gan_free_steps=100),
 }
