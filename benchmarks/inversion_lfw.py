@@ -599,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
     p.add_argument("--out", type=Path, default=RESULTS, help="where the JSON and Markdown go")
-    p.add_argument("--work", type=Path, help="the stage-1 work folder (default <out>/_work/<stage-1 preset>)")
+    p.add_argument("--work", type=Path, help="the stage-1 work folder holding target/ and split.json (default "
+                   "benchmarks/results/_work/<preset>, where mia_lfw.py puts them; --out does not move it)")
     p.add_argument("--target", type=Path, help="attack this model folder instead of the stage-1 target")
     p.add_argument("--split", type=Path, help="its split.json (required with --target)")
     p.add_argument("--generator", choices=GENERATORS, default="dcgan32_celeba")
@@ -626,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.target is not None:
         target_dir, split_path = args.target, args.split
     else:
-        target_dir, split_path = ensure_stage1_target(preset.stage1, args.work or args.out / "_work" / preset.stage1,
+        target_dir, split_path = ensure_stage1_target(preset.stage1, args.work or RESULTS / "_work" / preset.stage1,
                                                       args.device, not args.quiet)
     t0 = time.time()
     payload = run_benchmark(target_dir, split_path, preset, generator=args.generator, device=args.device,
