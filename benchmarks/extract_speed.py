@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from frleak import fused_bn
 from frleak.data.images import normalize
 from frleak.features import KINDS, bn_features, bn_layers
 from frleak.models.base import create_backbone
@@ -106,7 +107,8 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def make_passes(name: str, *, device: torch.device, batch_size: int, amp: bool, kinds: list[str],
-                input_size: tuple[int, int], seed: int) -> tuple[Callable[[], None], Callable[[], None], Any]:
+                input_size: tuple[int, int], seed: int, fused: bool | None
+                ) -> tuple[Callable[[], None], Callable[[], None], Any]:
     """(plain, extract, model): the two passes over one fixed batch already on ``device``."""
     torch.manual_seed(seed)
     model = create_backbone(name, input_size=input_size).to(device).eval()
@@ -126,7 +128,7 @@ def make_passes(name: str, *, device: torch.device, batch_size: int, amp: bool, 
     @torch.no_grad()
     def extract() -> None:
         with autocast():
-            feats, emb = bn_features(model, x, kinds)
+            feats, emb = bn_features(model, x, kinds, fused=fused)
         for v in feats.values():
             v.float().cpu()
         emb.float().cpu()
@@ -135,9 +137,12 @@ def make_passes(name: str, *, device: torch.device, batch_size: int, amp: bool, 
 
 
 def bench_model(name: str, *, device: torch.device, batch_size: int, repeats: int, warmup: int, amp: bool,
-                kinds: list[str], input_size: tuple[int, int], seed: int) -> dict[str, Any]:
+                kinds: list[str], input_size: tuple[int, int], seed: int, fused: bool | None) -> dict[str, Any]:
     plain, extract, model = make_passes(name, device=device, batch_size=batch_size, amp=amp, kinds=kinds,
-                                        input_size=input_size, seed=seed)
+                                        input_size=input_size, seed=seed, fused=fused)
+    with torch.no_grad():
+        probe = torch.zeros(1, device=device)
+        path = "fused" if fused is not False and fused_bn.applies(dict(bn_layers(model)), probe) else "hooks"
     for _ in range(warmup):
         plain()
         extract()
@@ -152,6 +157,7 @@ def bench_model(name: str, *, device: torch.device, batch_size: int, repeats: in
     paired = [e / p for e, p in zip(times["extract"], times["plain"])]
     return {
         "input_size": list(input_size),
+        "extraction_path": path,
         "bn_layers": len(bn_layers(model)),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "plain_images_per_s": batch_size / med["plain"],
@@ -217,13 +223,14 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"amp={res['amp']}, kinds={','.join(res['kinds'])}. Medians; random weights. "
         f"Command: `{res['command']}`",
         "",
-        "| model | input | BN layers | plain img/s | extract img/s | overhead_ratio | plain peak MiB | "
+        "| model | input | path | BN layers | plain img/s | extract img/s | overhead_ratio | plain peak MiB | "
         "extract peak MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in res["models"].items():
         flag = "" if m["overhead_ratio"] <= BOUND else " (over 1.10)"
-        lines.append(f"| {name} | {m['input_size'][0]}x{m['input_size'][1]} | {m['bn_layers']} | "
+        lines.append(f"| {name} | {m['input_size'][0]}x{m['input_size'][1]} | {m.get('extraction_path', 'hooks')} | "
+                     f"{m['bn_layers']} | "
                      f"{m['plain_images_per_s']:.1f} | {m['extract_images_per_s']:.1f} | "
                      f"{m['overhead_ratio']:.3f}{flag} | {_fmt_mb(m['plain_peak_mb'])} | "
                      f"{_fmt_mb(m['extract_peak_mb'])} |")
@@ -259,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated backbones (default {','.join(MODELS)})")
     p.add_argument("--input-size", type=_parse_size, default=(112, 112), help="HxW for every model (default 112x112)")
     p.add_argument("--kinds", default="paper,normalized,variance", help="BN feature kinds extracted")
+    p.add_argument("--path", choices=("auto", "fused", "hooks"), default="auto",
+                   help="extraction path: auto (the fused one-pass BN kernel where it applies: CUDA + Triton), "
+                        "fused, or hooks (the reference forward-pre-hook path)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for both modes (CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
@@ -292,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "amp": bool(args.amp and device.type == "cuda"),
         "kinds": kinds,
+        "path": args.path,
         "command": " ".join(["python", "benchmarks/extract_speed.py", *(argv if argv is not None else sys.argv[1:])]),
         "memory_method": ("CUDA max_memory_allocated above the allocation before the pass" if device.type == "cuda"
                           else "peak RSS (VmHWM after clear_refs) above RSS before the pass" if _reset_cpu_peak()
@@ -301,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         "models": {},
     }
     common = {"device": device, "batch_size": batch_size, "amp": args.amp, "kinds": kinds,
-              "input_size": args.input_size, "seed": args.seed}
+              "input_size": args.input_size, "seed": args.seed,
+              "fused": {"auto": None, "fused": True, "hooks": False}[args.path]}
     for name in models:
         if not args.json:
             print(f"{name}: {args.repeats} x 2 timed passes of batch {batch_size} on {device} ...", file=sys.stderr)

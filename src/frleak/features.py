@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from frleak import fused_bn
 from frleak.data.images import InputSpec, hflip, normalize
 from frleak.errors import ConfigError, FrleakError
 
@@ -163,18 +164,23 @@ def _select(all_layers: Sequence[tuple[str, _NormBase]], layers: Sequence[str]) 
 
 
 def bn_features(model: nn.Module, x: torch.Tensor, kinds: Sequence[str] = ("paper",),
-                layers: Sequence[str] | None = None, eps: float = 1e-5
+                layers: Sequence[str] | None = None, eps: float = 1e-5, fused: bool | None = None
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One forward pass of normalised input x (N, 3, H, W) -> ({kind: (N, L) or (N, sum c_i)}, embeddings (N, D)).
 
     Differentiable when called under grad mode. The model runs in eval mode; its modes are restored.
+    ``fused``: the one-pass BN + statistics kernel of :mod:`frleak.fused_bn` (CUDA, no grad, Triton); ``None`` uses
+    it wherever it applies, ``False`` forces the hook path (the reference; both agree to float32 rounding).
     """
     for k in kinds:
         if k not in KINDS:
             raise ConfigError(f"unknown BN feature kind {k!r}; expected one of {', '.join(KINDS)}")
     with_var = "variance" in kinds
     named = dict(bn_layers(model)) if layers is None else _select(bn_layers(model), layers)
-    with eval_mode(model), capture_bn_inputs(model, list(named), with_var) as store:
+    use_fused = fused_bn.applies(named, x) if fused is None else (fused and fused_bn.applies(named, x))
+    capture = (fused_bn.fused_capture(named, with_var, x.device, spatial_stats) if use_fused
+               else capture_bn_inputs(model, list(named), with_var))
+    with eval_mode(model), capture as store:
         emb = model(x)
     missing = [name for name in named if name not in store]
     if missing:
@@ -195,8 +201,8 @@ def _distances(named: Mapping[str, nn.Module], store: dict[str, tuple[torch.Tens
     means = [store[n][0] for n in names]
     mean = torch.cat(means, dim=1)  # (N, sum c_i)
     device = mean.device
-    rm = torch.cat([named[n].running_mean.reshape(-1) for n in names]).to(device, torch.float32)  # type: ignore[union-attr]
-    rv = torch.cat([named[n].running_var.reshape(-1) for n in names]).to(device, torch.float32)  # type: ignore[union-attr]
+    rm = torch.cat([_buffer(named[n], "running_mean") for n in names]).to(device, torch.float32)
+    rv = torch.cat([_buffer(named[n], "running_var") for n in names]).to(device, torch.float32)
     seg = _segment_matrix(tuple(m.shape[1] for m in means), device)  # (sum c_i, L), column i = 1/c_i on layer i
     diff = mean - rm
     out: dict[str, torch.Tensor] = {}
@@ -217,6 +223,13 @@ def _distances(named: Mapping[str, nn.Module], store: dict[str, tuple[torch.Tens
             assert z is not None
             out[k] = z
     return out
+
+
+def _buffer(module: nn.Module, name: str) -> torch.Tensor:
+    """A BN running-statistics buffer, flattened (C,)."""
+    buf = getattr(module, name)
+    assert isinstance(buf, torch.Tensor)
+    return buf.reshape(-1)
 
 
 _SEGMENTS: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
