@@ -4,6 +4,8 @@ docs/scale.md)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -17,18 +19,24 @@ gpu = pytest.mark.skipif(not (torch.cuda.is_available() and fused_bn.triton_avai
 
 
 def _trained_like(name: str, device: str) -> torch.nn.Module:
-    """A backbone whose BN buffers are not the defaults (random running stats and affine), so that every term of
-    the kernel (scale, shift, running-mean shift) matters."""
+    """A backbone with non-default BN statistics and affine parameters, as after training: random affine, running
+    statistics estimated on random batches (cumulative average), so that every term of the kernel (scale, shift,
+    running-mean shift) matters and activations keep a realistic scale."""
     torch.manual_seed(0)
-    model = create_backbone(name)
-    for _, bn in bn_layers(model):
-        bn.running_mean.normal_(0, 0.5)  # type: ignore[union-attr]
-        bn.running_var.uniform_(0.2, 3.0)  # type: ignore[union-attr]
-        if bn.weight is not None:
-            with torch.no_grad():
+    model = create_backbone(name).to(device)
+    layers = [bn for _, bn in bn_layers(model)]
+    with torch.no_grad():
+        for bn in layers:
+            bn.momentum = None
+            if bn.weight is not None:
                 bn.weight.uniform_(0.5, 1.5)
                 bn.bias.normal_(0, 0.2)
-    return model.to(device).eval()
+        model.train()
+        for _ in range(3):
+            model(torch.randn(16, 3, *model.input_spec.size, device=device) * 0.5 + 0.1)
+    for bn in layers:
+        bn.momentum = 0.1
+    return model.eval()
 
 
 def test_fused_request_falls_back_to_hooks_where_it_does_not_apply() -> None:
@@ -44,9 +52,19 @@ def test_fused_request_falls_back_to_hooks_where_it_does_not_apply() -> None:
     assert all("forward" not in vars(m) for m in model.modules())
 
 
+@pytest.fixture
+def no_tf32() -> Iterator[None]:
+    """Exact float32 convolutions: TF32 rounds conv inputs to 10 mantissa bits, which turns the last-bit differences
+    between two BN implementations into ~1e-3 differences a few layers later."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @gpu
 @pytest.mark.parametrize("name", ["mobilefacenet", "iresnet18"])
-def test_fused_matches_hook_path_float32(name: str) -> None:
+def test_fused_matches_hook_path_float32(name: str, no_tf32: None) -> None:
     model = _trained_like(name, "cuda")
     named = dict(bn_layers(model))
     buffers = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in named.items()}  # type: ignore[union-attr]
@@ -56,10 +74,10 @@ def test_fused_matches_hook_path_float32(name: str) -> None:
         ref, emb_ref = bn_features(model, x, KINDS, fused=False)
         got, emb = bn_features(model, x, KINDS, fused=None)
         plain = model(x)
-    for k in KINDS:
-        torch.testing.assert_close(got[k], ref[k], rtol=1e-3, atol=1e-6)  # float32 sums in another order
-    torch.testing.assert_close(emb, emb_ref, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(emb, plain, rtol=1e-4, atol=1e-5)
+    for k in KINDS:  # float32 sums in another order: relative to each kind's scale
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-3, atol=1e-5 * float(ref[k].abs().max()))
+    torch.testing.assert_close(emb, emb_ref, rtol=1e-3, atol=1e-4)  # last-bit BN differences through the network
+    torch.testing.assert_close(emb, plain, rtol=1e-3, atol=1e-4)
     # nothing of the model changed: no instance forward left, buffers bit-identical, no hooks, eval mode kept
     assert all("forward" not in vars(m) for m in model.modules())
     for n, m in named.items():

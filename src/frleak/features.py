@@ -15,7 +15,8 @@ and frleak adds, as options:
 
 BatchNorm1d inputs (N, C) have no spatial extent: mean(v_i) = v_i, and the variance term is 0 for them.
 
-Extraction runs one forward pass per batch with forward-pre-hooks on every BatchNorm layer (module order). It never
+Extraction runs one forward pass per batch with forward-pre-hooks on every BatchNorm layer (module order); on CUDA
+without autograd the fused one-pass kernel of :mod:`frleak.fused_bn` computes BN and statistics together. It never
 changes the model: the mode of every module is restored, BN buffers are untouched (eval mode reads, never updates
 them) and the hooks are removed, also when an exception interrupts it. With ``torch.enable_grad()`` the features are
 differentiable with respect to the input (stage 2 optimises through them).
@@ -192,14 +193,17 @@ def bn_features(model: nn.Module, x: torch.Tensor, kinds: Sequence[str] = ("pape
         return _distances(named, store, kinds, eps), emb
 
 
-def _distances(named: Mapping[str, nn.Module], store: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+def _distances(named: Mapping[str, nn.Module], store: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]],
                kinds: Sequence[str], eps: float) -> dict[str, torch.Tensor]:
     """All layers at once: the per-layer means are concatenated into (N, sum c_i) and every distance is a segment
     mean over each layer's channels, computed as one matrix product with a (sum c_i, L) averaging matrix. A few
     kernels per batch instead of several per layer: on a GPU the launches, not the arithmetic, cost the time."""
     names = list(named)
     means = [store[n][0] for n in names]
-    mean = torch.cat(means, dim=1)  # (N, sum c_i)
+    whole = getattr(store, "concatenated", None)  # the fused path's (names, means, variances), already concatenated
+    if whole is not None and whole[0] != names:
+        whole = None
+    mean = whole[1] if whole is not None else torch.cat(means, dim=1)  # (N, sum c_i)
     device = mean.device
     rm = torch.cat([_buffer(named[n], "running_mean") for n in names]).to(device, torch.float32)
     rv = torch.cat([_buffer(named[n], "running_var") for n in names]).to(device, torch.float32)
@@ -214,7 +218,8 @@ def _distances(named: Mapping[str, nn.Module], store: dict[str, tuple[torch.Tens
             assert z is not None
             out[k] = z.square() @ seg
         elif k == "variance":
-            var = torch.cat([store[n][1] for n in names], dim=1)  # type: ignore[misc]
+            var = (whole[2] if whole is not None and whole[2] is not None
+                   else torch.cat([store[n][1] for n in names], dim=1))  # type: ignore[misc]
             q = (torch.log(var + eps) - torch.log(rv + eps)).square() @ seg
             # a BatchNorm1d input (N, C) has no spatial extent (variance 0 by construction): its term is 0
             has_spatial = (var.abs().sum(dim=0) @ seg) > 0

@@ -91,7 +91,12 @@ class LayerParams:
         widths = [int(m.running_mean.numel()) for m in mods]
         rm = torch.cat([m.running_mean.reshape(-1) for m in mods]).to(device, torch.float32)
         rv = torch.cat([m.running_var.reshape(-1) for m in mods]).to(device, torch.float32)
-        eps = torch.cat([torch.full((w,), float(m.eps)) for m, w in zip(mods, widths)]).to(device)
+        # no host-to-device copy here or below: from pageable memory it synchronises the stream, which stalls the
+        # queue of kernel launches that keeps a GPU busy (it cost more than the whole extraction)
+        eps_values = {float(m.eps) for m in mods}
+        eps: float | torch.Tensor = (eps_values.pop() if len(eps_values) == 1 else
+                                     torch.cat([torch.full((w,), float(m.eps), device=device)
+                                                for m, w in zip(mods, widths)]))
         weight = torch.cat([m.weight.detach().reshape(-1) if m.weight is not None else torch.ones(w, device=device)
                             for m, w in zip(mods, widths)]).to(device, torch.float32)
         bias = torch.cat([m.bias.detach().reshape(-1) if m.bias is not None else torch.zeros(w, device=device)
@@ -135,14 +140,34 @@ def usable(x: torch.Tensor, module: nn.Module) -> bool:
             and x.dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
+class StatsStore(dict[str, Stats]):
+    """{layer name: (mean (N, C), variance (N, C) or None)}; ``concatenated`` = (names, means (N, sum c_i),
+    variances or None) when the fused path produced all layers at once, so that the distances need not concatenate
+    the per-layer views again."""
+
+    concatenated: tuple[list[str], torch.Tensor, torch.Tensor | None] | None = None
+
+
+_INV_SIZES: dict[tuple[tuple[int, ...], tuple[int, ...], str], torch.Tensor] = {}
+
+
+def _inverse_sizes(widths: tuple[int, ...], sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(sum c_i,) vector of 1 / (h_i * w_i) on ``device``, cached: made (and copied to the device) once per model
+    and input size, not once per batch."""
+    key = (widths, sizes, str(device))
+    if key not in _INV_SIZES:
+        _INV_SIZES[key] = torch.cat([torch.full((c,), 1.0 / hw) for c, hw in zip(widths, sizes)]).to(device)
+    return _INV_SIZES[key]
+
+
 @contextmanager
 def fused_capture(named: Mapping[str, nn.Module], with_var: bool, device: torch.device,
-                  fallback: Any) -> Iterator[dict[str, Stats]]:  # noqa: ANN401 - fallback: (Tensor, bool) -> Stats
+                  fallback: Any) -> Iterator[StatsStore]:  # noqa: ANN401 - fallback: (Tensor, bool) -> Stats
     """Replace each named BN module's ``forward`` by the fused one for the block. On exit ``store[name]`` holds the
     statistics of its input, (mean (N, C), variance (N, C) or None) in float32, finalised for all fused layers with a
     few batched kernels; ``fallback(x, with_var)`` computes them for calls the kernel does not apply to."""
     params = LayerParams(named, device)
-    store: dict[str, Stats] = {}
+    store = StatsStore()
     raw: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
     patched: list[nn.Module] = []
 
@@ -169,7 +194,7 @@ def fused_capture(named: Mapping[str, nn.Module], with_var: bool, device: torch.
             del module.forward
     if raw:  # (only on a normal exit) all fused layers at once: mean = u + S1 / hw, var = S2 / hw - (S1 / hw)^2
         names = list(raw)
-        inv_hw = torch.cat([torch.full((raw[n][0].shape[1],), 1.0 / raw[n][2]) for n in names]).to(device)
+        inv_hw = _inverse_sizes(tuple(raw[n][0].shape[1] for n in names), tuple(raw[n][2] for n in names), device)
         shifted = torch.cat([raw[n][0] for n in names], dim=1) * inv_hw
         mean = shifted + torch.cat([params.running_mean[n] for n in names])
         var = ((torch.cat([raw[n][1] for n in names], dim=1) * inv_hw - shifted.square()).clamp_min(0)
@@ -179,3 +204,5 @@ def fused_capture(named: Mapping[str, nn.Module], with_var: bool, device: torch.
         variances = torch.split(var, widths, dim=1) if var is not None else [None] * len(names)
         for n, m, v in zip(names, means, variances):
             store[n] = (m, v)
+        if names == list(named):  # every layer fused, in module order: hand over the concatenation as well
+            store.concatenated = (names, mean, var)
