@@ -81,7 +81,7 @@ class InvPreset:
 
 
 PRESETS: dict[str, InvPreset] = {
-    # 84 s on 2 idle cores (the smoke target is a 32-px quarter-width IResNet-18)
+    # 80-84 s on 2 idle cores (the smoke target is a 32-px quarter-width IResNet-18)
     "smoke": InvPreset("smoke", n_images=16, candidates=128, steps=50, seeds=3, targets=8, n_per_target=2,
                        targeted_candidates=32, gan_free_n_images=16, gan_free_steps=100),
     # per seed ~22k latent-steps (untargeted 64 + GAN-free 2 x 32 + targeted 2 x 48 latents, 100 steps) on the
