@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kinds", default="paper,normalized,variance",
                    help="comma-separated feature kinds: paper, normalized, variance, channels (default: first three)")
     p.add_argument("--flip", action="store_true", help="average features over each image and its mirror")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: 1024 on CUDA, where smaller batches leave the GPU "
+                        "waiting on kernel launches, see docs/scale.md; 128 on CPU)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (torchrun: one GPU per rank)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (BN statistics stay float32)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--weights is required (a frleak model folder or a checkpoint file)")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     bad = [k for k in kinds if k not in KINDS]
@@ -58,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
                               **parse_kv(args.backbone_opt, "--backbone-opt"))
         source = (FolderRows(args.data, model.input_spec, args.limit) if args.data
                   else RecRows(args.rec, model.input_spec, args.limit))
-        fs = extract_to_file(model, source, args.out, kinds=kinds, batch_size=args.batch_size, device=info.device,
+        batch_size = args.batch_size or (1024 if info.device.type == "cuda" else 128)
+        fs = extract_to_file(model, source, args.out, kinds=kinds, batch_size=batch_size, device=info.device,
                              flip=args.flip, amp=args.amp, progress=not args.json,
                              meta={"weights": str(args.weights)})
     finally:
