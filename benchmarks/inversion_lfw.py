@@ -78,6 +78,7 @@ class InvPreset:
     cohort: int = 64
     selection_transforms: int = 10
     batch_size: int = 64
+    gan_bn_weight: float | None = None  # BN-statistics image prior on every GAN run (attack and control alike)
 
 
 PRESETS: dict[str, InvPreset] = {
@@ -226,6 +227,7 @@ def inversion_config(spec: RunSpec, p: InvPreset, seed: int, device: str, progre
         method=spec.method, mode=spec.mode, n_images=n,
         candidates=p.targeted_candidates if targeted else p.candidates,
         steps=p.gan_free_steps if gan_free else p.steps, membership_weight=spec.membership_weight,
+        bn_weight=None if gan_free else p.gan_bn_weight,
         selection_transforms=p.selection_transforms, batch_size=p.batch_size, seed=seed, device=device,
         progress=progress)
 
@@ -484,7 +486,9 @@ def _budget(b: dict[str, Any], total: Any) -> str:
     return (f"Budget per seed: untargeted {b['n_images']} faces from {b['candidates']} candidates "
             f"({2 * b['n_images']} optimised, {b['steps']} steps); GAN-free {b['gan_free_n_images']} of "
             f"{2 * b['gan_free_n_images']} pixel images, {b['gan_free_steps']} steps; targeted {b['targets']} targets "
-            f"x {b['n_per_target']} faces from {b['targeted_candidates']} candidates each. Wall time {total} s.")
+            f"x {b['n_per_target']} faces from {b['targeted_candidates']} candidates each."
+            + (f" BN-statistics image prior weight {b['gan_bn_weight']:g} on every GAN run (controls included)."
+               if b.get("gan_bn_weight") else "") + f" Wall time {total} s.")
 
 
 def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> list[str]:
@@ -610,6 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, help="override the preset's number of seeds")
     p.add_argument("--seed", type=int, default=0, help="first seed (also seeds the identity partition)")
     p.add_argument("--steps", type=int, help="override the preset's optimisation steps (GAN and GAN-free)")
+    p.add_argument("--bn-weight", type=float, help="weight of the BN-statistics image prior on every GAN run, the "
+                   "membership-guided runs and their controls alike (default 0: no prior); results then go to "
+                   "inversion_lfw_<preset>_bn<weight>.json")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--quiet", action="store_true")
@@ -622,6 +629,10 @@ def main(argv: list[str] | None = None) -> int:
         preset = replace(preset, seeds=args.seeds)
     if args.steps is not None:
         preset = replace(preset, steps=args.steps, gan_free_steps=args.steps)
+    if args.bn_weight is not None:
+        if args.bn_weight < 0:
+            raise SystemExit("error: --bn-weight must be >= 0")
+        preset = replace(preset, gan_bn_weight=args.bn_weight)
     if (args.target is None) != (args.split is None):
         raise SystemExit("error: --target and --split go together")
     if args.target is not None:
@@ -636,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "inversion_lfw", "preset": args.preset, **payload, "machine": machine()}
     payload["timing_s"]["total"] = round(time.time() - t0, 1)
     md = render_markdown(payload)
-    j, m = write_results(args.out, f"inversion_lfw_{args.preset}", payload, md)
+    name = f"inversion_lfw_{args.preset}" + (f"_bn{args.bn_weight:g}" if args.bn_weight is not None else "")
+    j, m = write_results(args.out, name, payload, md)
     print(md)
     print(f"\nwrote {j} and {m}")
     return 0
