@@ -45,9 +45,8 @@ from typing import Any
 
 import torch
 
-from frleak import fused_bn
 from frleak.data.images import normalize
-from frleak.features import KINDS, bn_features, bn_layers
+from frleak.features import KINDS, bn_features, bn_layers, takes_fused_path
 from frleak.models.base import create_backbone
 
 ROOT = Path(__file__).resolve().parent
@@ -142,7 +141,7 @@ def bench_model(name: str, *, device: torch.device, batch_size: int, repeats: in
                                         input_size=input_size, seed=seed, fused=fused)
     with torch.no_grad():
         probe = torch.zeros(1, device=device)
-        path = "fused" if fused is not False and fused_bn.applies(dict(bn_layers(model)), probe) else "hooks"
+        path = "fused" if takes_fused_path(dict(bn_layers(model)), probe, fused) else "hooks"
     for _ in range(warmup):
         plain()
         extract()

@@ -178,8 +178,7 @@ def bn_features(model: nn.Module, x: torch.Tensor, kinds: Sequence[str] = ("pape
             raise ConfigError(f"unknown BN feature kind {k!r}; expected one of {', '.join(KINDS)}")
     with_var = "variance" in kinds
     named = dict(bn_layers(model)) if layers is None else _select(bn_layers(model), layers)
-    use_fused = fused_bn.applies(named, x) if fused is None else (fused and fused_bn.applies(named, x))
-    capture = (fused_bn.fused_capture(named, with_var, x.device, spatial_stats) if use_fused
+    capture = (fused_bn.fused_capture(named, with_var, x.device, spatial_stats) if takes_fused_path(named, x, fused)
                else capture_bn_inputs(model, list(named), with_var))
     with eval_mode(model), capture as store:
         emb = model(x)
@@ -191,6 +190,12 @@ def bn_features(model: nn.Module, x: torch.Tensor, kinds: Sequence[str] = ("pape
     # row is reduced over its own c_i channels exactly as the per-layer pure functions above do.
     with torch.autocast(x.device.type, enabled=False):
         return _distances(named, store, kinds, eps), emb
+
+
+def takes_fused_path(named: Mapping[str, nn.Module], x: torch.Tensor, fused: bool | None = None) -> bool:
+    """Whether :func:`bn_features` runs x through the fused kernel: wherever it applies (``fused=None``) unless
+    ``fused=False`` forces the hook path."""
+    return fused is not False and fused_bn.applies(named, x)
 
 
 def _distances(named: Mapping[str, nn.Module], store: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]],

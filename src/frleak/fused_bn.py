@@ -103,7 +103,6 @@ class LayerParams:
                           for m, w in zip(mods, widths)]).to(device, torch.float32)
         a = torch.rsqrt(rv + eps) * weight
         b = bias - rm * a
-        self.widths = widths
         self.scale = dict(zip(named, torch.split(a, widths)))
         self.shift = dict(zip(named, torch.split(b, widths)))
         self.running_mean = dict(zip(named, torch.split(rm, widths)))
@@ -177,7 +176,8 @@ def fused_capture(named: Mapping[str, nn.Module], with_var: bool, device: torch.
         def forward(x: torch.Tensor) -> torch.Tensor:
             if usable(x, module):
                 y, s1, s2 = fused_bn_forward(x, params.scale[name], params.shift[name], params.running_mean[name])
-                raw[name] = (s1.view(x.shape[0], x.shape[1]), s2.view(x.shape[0], x.shape[1]), x[0, 0].numel())
+                n, c, h, w = x.shape
+                raw[name] = (s1.view(n, c), s2.view(n, c), h * w)
                 return y
             store[name] = fallback(x, with_var)
             return original(module, x)
