@@ -23,8 +23,7 @@ import torch
 from _common import RESULTS, machine, write_results
 from frleak.data.align import align_folder
 from frleak.data.images import load_uint8, normalize
-from frleak.io import safe_torch_load
-from frleak.models import create_backbone
+from frleak.inversion.evaluate import load_evaluator
 from frleak.paths import shared_path
 
 
@@ -43,9 +42,7 @@ def run(select: str, work: Path) -> dict[str, Any]:
     rels = [r for r in rels if (ref_root / r).exists()]
     if not rels:
         raise SystemExit(f"no aligned face of {raw} has a counterpart in {ref_root}")
-    net = create_backbone("mobilefacenet")
-    net.load_state_dict(safe_torch_load(shared_path("weights", "mobilefacenet_casia_arcface.ckpt"))["net_state_dict"])
-    net.eval()
+    net = load_evaluator()  # the shared MobileFaceNet, in eval mode
     ours, ref = embed(net, [work / r for r in rels]), embed(net, [ref_root / r for r in rels])
     cos = (ours * ref).sum(1).tolist()
     same_person = [float(ours[i] @ ref[j]) for i in range(len(rels)) for j in range(len(rels))
